@@ -1,0 +1,41 @@
+"""The in-memory image set every other part of the tool passes around."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class ImageSet:
+    """Images as float32 NCHW in [0, 1] with int64 labels.
+
+    ``classes`` holds class names when the source had them (image folders), else None.
+    ``source`` names where the images came from, for error messages and provenance.
+    """
+
+    x: np.ndarray  # float32, NCHW, values in [0, 1]
+    y: np.ndarray  # int64
+    classes: list[str] | None = None
+    source: str = ""
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def subset(self, idx: np.ndarray | list[int] | slice) -> "ImageSet":
+        """Return the images at ``idx`` (an index array, mask or slice) as a new set."""
+        return ImageSet(x=self.x[idx], y=self.y[idx], classes=self.classes, source=self.source)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes: the class-name list if known, else ``max(y) + 1``."""
+        if self.classes:
+            return len(self.classes)
+        return int(self.y.max()) + 1 if len(self.y) else 0
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Per-image shape (C, H, W)."""
+        c, h, w = self.x.shape[1:]
+        return int(c), int(h), int(w)

@@ -1,0 +1,192 @@
+"""Run an ONNX graph in PyTorch, node by node, from the operator table.
+
+Every float initializer becomes an ``nn.Parameter`` under its ONNX name (nothing renamed), so
+anything a method changes maps straight back to the file. Gradients flow to the input and,
+after ``requires_grad_weights(True)``, to every float initializer. Masks and perturbations are
+applied at run time by *modulators* registered on a node's input slot: the weight tensor is
+shared, never copied or edited in place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from ..errors import ModelError, UnsupportedOpError
+from .load import image_input, node_names, opset_version
+from .ops import OPS, NodeCtx
+
+Modulator = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class _Node:
+    ctx: NodeCtx
+    inputs: list[str]
+    outputs: list[str]
+    fn: Callable
+
+
+def _decode_attr(attr: onnx.AttributeProto):
+    if attr.type == onnx.AttributeProto.TENSOR:
+        return torch.from_numpy(np.array(numpy_helper.to_array(attr.t)))
+    if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+        return None  # control flow: the op itself is reported as unsupported
+    value = onnx.helper.get_attribute_value(attr)
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, list) and value and isinstance(value[0], bytes):
+        return [v.decode() for v in value]
+    return value
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """The requested device, else CUDA when really usable, else CPU (never an error)."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class OnnxExecutor(nn.Module):
+    """An ONNX classifier as a differentiable PyTorch module."""
+
+    def __init__(self, model: onnx.ModelProto, source: str = "model"):
+        super().__init__()
+        self.source = source
+        self.opset = opset_version(model)
+        graph = model.graph
+        self.input_name = image_input(model).name
+        self.output_names = [o.name for o in graph.output]
+        self.weights = nn.ParameterList()
+        self._slots: dict[str, tuple[str, object]] = {}
+        for init in graph.initializer:
+            tensor = torch.from_numpy(np.array(numpy_helper.to_array(init)))
+            self._store(init.name, tensor)
+        self.names = node_names(graph)
+        self.nodes: list[_Node] = []
+        for name, node in zip(self.names, graph.node):
+            self._add_node(name, node)
+        self._last_use = self._compute_last_use()
+        self._modulators: dict[tuple[str, int], Modulator] = {}
+
+    # -- construction ---------------------------------------------------------------------
+    def _store(self, name: str, tensor: torch.Tensor) -> None:
+        if tensor.is_floating_point():
+            self._slots[name] = ("w", len(self.weights))
+            self.weights.append(nn.Parameter(tensor, requires_grad=False))
+        else:
+            key = f"_c{len(self._slots)}"
+            self.register_buffer(key, tensor, persistent=False)
+            self._slots[name] = ("c", key)
+
+    def _add_node(self, name: str, node: onnx.NodeProto) -> None:
+        where = f"{self.source}: node '{name}'"
+        if node.domain not in ("", "ai.onnx"):
+            raise UnsupportedOpError(f"{where}: operator {node.domain}::{node.op_type} is not supported "
+                                     "(custom operator domain)")
+        if node.op_type not in OPS:
+            raise UnsupportedOpError(f"{where}: operator {node.op_type} is not supported by the executor")
+        attrs = {a.name: _decode_attr(a) for a in node.attribute}
+        ctx = NodeCtx(name=name, op_type=node.op_type, attrs=attrs, opset=self.opset,
+                      n_outputs=len([o for o in node.output if o]))
+        fn = OPS[node.op_type]
+        if node.op_type == "Constant":  # fold now, so .to(device) moves it like any buffer
+            self._store(node.output[0], fn(ctx, []))
+            return
+        self.nodes.append(_Node(ctx, list(node.input), list(node.output), fn))
+
+    def _compute_last_use(self) -> dict[str, int]:
+        last = {}
+        for i, node in enumerate(self.nodes):
+            for name in node.inputs:
+                if name:
+                    last[name] = i
+        return last
+
+    # -- weights --------------------------------------------------------------------------
+    def has_value(self, name: str) -> bool:
+        return name in self._slots
+
+    def value(self, name: str) -> torch.Tensor:
+        """The stored tensor of an initializer (or folded Constant) by its ONNX name."""
+        kind, ref = self._slots[name]
+        return self.weights[ref] if kind == "w" else getattr(self, ref)
+
+    def named_initializers(self) -> Iterable[tuple[str, torch.Tensor]]:
+        for name in self._slots:
+            yield name, self.value(name)
+
+    def requires_grad_weights(self, flag: bool = True) -> "OnnxExecutor":
+        for p in self.weights:
+            p.requires_grad_(flag)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.weights[0].device if len(self.weights) else torch.device("cpu")
+
+    # -- modulators -----------------------------------------------------------------------
+    def set_modulator(self, node: str, input_index: int, fn: Modulator | None) -> None:
+        """Transform what ``node`` reads at ``input_index`` (e.g. ``w -> m * w``) at run time."""
+        if fn is None:
+            self._modulators.pop((node, input_index), None)
+        else:
+            self._modulators[(node, input_index)] = fn
+
+    def clear_modulators(self) -> None:
+        self._modulators.clear()
+
+    # -- running --------------------------------------------------------------------------
+    def run(self, x: torch.Tensor, capture: Iterable[str] = ()) -> dict[str, torch.Tensor]:
+        """All graph outputs (and any named intermediate tensors in ``capture``)."""
+        keep = set(self.output_names) | set(capture)
+        env: dict[str, torch.Tensor] = {self.input_name: x}
+        mods = self._modulators
+        for i, node in enumerate(self.nodes):
+            args = []
+            for j, name in enumerate(node.inputs):
+                if not name:
+                    args.append(None)
+                    continue
+                t = env[name] if name in env else self.value(name) if name in self._slots else None
+                if t is None:
+                    raise ModelError(f"{self.source}: node '{node.ctx.name}' reads '{name}', "
+                                     "which nothing produces")
+                mod = mods.get((node.ctx.name, j)) if mods else None
+                args.append(mod(t) if mod is not None else t)
+            try:
+                out = node.fn(node.ctx, args)
+            except (ModelError, UnsupportedOpError):
+                raise
+            except RuntimeError as exc:
+                shapes = ", ".join(str(tuple(a.shape)) if isinstance(a, torch.Tensor) else "-" for a in args)
+                msg = str(exc).strip().splitlines()[0]
+                raise ModelError(f"{self.source}: node '{node.ctx.name}' ({node.ctx.op_type}) failed on "
+                                 f"inputs of shape {shapes}: {msg}") from None
+            outs = out if isinstance(out, tuple) else (out,)
+            for name, t in zip(node.outputs, outs):
+                if name:
+                    env[name] = t
+            for name in node.inputs:
+                if name and name not in keep and self._last_use.get(name) == i:
+                    env.pop(name, None)
+        return {name: env[name] for name in keep if name in env}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The first graph output: the class scores for an image classifier."""
+        return self.run(x)[self.output_names[0]]
+
+
+def load_executor(path, device=None, model: onnx.ModelProto | None = None) -> OnnxExecutor:
+    """Read an ONNX file (safely) into an executor on the chosen device, in eval semantics."""
+    from .load import load_model
+
+    model = model if model is not None else load_model(path)
+    ex = OnnxExecutor(model, source=str(path))
+    return ex.to(pick_device(device))

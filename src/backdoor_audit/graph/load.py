@@ -1,0 +1,121 @@
+"""Safe loading of an ONNX file: every way it can be wrong becomes one ModelError line.
+
+We never modify the input file. External data is only followed when it stays inside the
+model's folder (a location such as ``../../etc/passwd`` is refused before anything is read).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import onnx
+from onnx import external_data_helper
+
+from ..errors import ModelError
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def external_data_locations(model: onnx.ModelProto) -> list[str]:
+    """Locations named by initializers stored outside the file."""
+    locs = []
+    for tensor in external_data_helper._get_all_tensors(model):
+        if external_data_helper.uses_external_data(tensor):
+            info = external_data_helper.ExternalDataInfo(tensor)
+            locs.append(info.location)
+    return locs
+
+
+def _check_external_paths(model: onnx.ModelProto, path: Path) -> None:
+    base = path.resolve().parent
+    for loc in external_data_locations(model):
+        target = (base / loc).resolve()
+        if os.path.isabs(loc) or base not in target.parents:
+            raise ModelError(f"{path}: external data location '{loc}' escapes the model's folder")
+        if not target.is_file():
+            raise ModelError(f"{path}: external data file '{loc}' is missing")
+
+
+def load_model(path: str | os.PathLike, check: bool = True) -> onnx.ModelProto:
+    """Read, check and return an ONNX model, or raise ModelError naming what is wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"{path}: no such file")
+    if path.is_dir():
+        raise ModelError(f"{path}: is a folder, not an ONNX file")
+    if path.stat().st_size == 0:
+        raise ModelError(f"{path}: file is empty")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise ModelError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})".rstrip()) from None
+    if not model.graph.node:
+        raise ModelError(f"{path}: not an ONNX model (no graph nodes; truncated or another file type?)")
+    _check_external_paths(model, path)
+    if external_data_locations(model):
+        external_data_helper.load_external_data_for_model(model, str(path.resolve().parent))
+    if check:
+        try:
+            onnx.checker.check_model(model)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"{path}: fails the ONNX checker: {first}") from None
+    return model
+
+
+def image_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
+    """The model's single real input (graph inputs that are not initializers)."""
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        names = ", ".join(i.name for i in inputs) or "none"
+        raise ModelError(f"model has {len(inputs)} inputs ({names}); an image classifier has exactly one")
+    return inputs[0]
+
+
+def input_dims(model: onnx.ModelProto) -> list[int | str | None]:
+    """Dims of the image input: ints where static, the symbol (or None) where dynamic."""
+    dims = []
+    for d in image_input(model).type.tensor_type.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return dims
+
+
+def metadata(model: onnx.ModelProto) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def opset_version(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    raise ModelError("model imports no standard ONNX opset")
+
+
+def node_names(graph: onnx.GraphProto) -> list[str]:
+    """A unique name per node: its own where it has one, else ``<OpType>_<index>``.
+
+    The executor, the neuron inventory and export all use this one naming, so a neuron id
+    ``(node name, channel)`` means the same node everywhere.
+    """
+    names, seen = [], set()
+    for i, node in enumerate(graph.node):
+        name = node.name or f"{node.op_type}_{i}"
+        if name in seen:
+            name = f"{name}_{i}"
+        seen.add(name)
+        names.append(name)
+    return names

@@ -1,0 +1,109 @@
+"""Per-neuron masks and ANP perturbations applied by the executor at run time (no copies).
+
+For every unit layer (see ``NeuronInventory.units``) the executor reads
+
+    weight_k -> (m_k + delta_k) * weight_k        (conv/linear weight, or BN scale gamma_k)
+    bias_k   -> (1 + xi_k) * bias_k               (conv/linear bias, or BN shift beta_k)
+
+(ANP Eq. 3-8). ``m``, ``delta`` and ``xi`` are three flat tensors over all units' neurons, so an
+optimiser, a sign step or a projection is one tensor operation. ``perturb`` switches delta/xi
+on and off; ``bias_follows_mask`` makes a 0/1 mask also zero the bias (the "zero-bias"
+pruning semantics) instead of keeping it (ANP's choice).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .executor import OnnxExecutor
+from .neurons import Layer, weight_view_shape
+
+
+class Modulation:
+    def __init__(self, executor: OnnxExecutor, layers: list[Layer], *, bias_follows_mask: bool = False):
+        self.executor = executor
+        self.layers = list(layers)
+        self.offsets: dict[str, tuple[int, int]] = {}
+        n = 0
+        for layer in self.layers:
+            self.offsets[layer.name] = (n, n + layer.size)
+            n += layer.size
+        dev = executor.device
+        self.mask = torch.ones(n, device=dev)
+        self.delta = torch.zeros(n, device=dev)
+        self.xi = torch.zeros(n, device=dev)
+        self.perturb = False
+        self.bias_follows_mask = bias_follows_mask
+        self._installed = False
+
+    @property
+    def size(self) -> int:
+        return self.mask.numel()
+
+    # -- run-time coefficients ------------------------------------------------------------
+    def _weight_fn(self, layer: Layer):
+        lo, hi = self.offsets[layer.name]
+
+        def fn(w: torch.Tensor) -> torch.Tensor:
+            coeff = self.mask[lo:hi]
+            if self.perturb:
+                coeff = coeff + self.delta[lo:hi]
+            return w * coeff.view(weight_view_shape(layer, w.dim()))
+
+        return fn
+
+    def _bias_fn(self, layer: Layer):
+        lo, hi = self.offsets[layer.name]
+
+        def fn(b: torch.Tensor) -> torch.Tensor:
+            coeff = self.mask[lo:hi] if self.bias_follows_mask else None
+            if self.perturb:
+                pert = 1 + self.xi[lo:hi]
+                coeff = pert if coeff is None else coeff * pert
+            return b if coeff is None else b * coeff
+
+        return fn
+
+    def install(self) -> "Modulation":
+        for layer in self.layers:
+            self.executor.set_modulator(layer.name, layer.weight_input, self._weight_fn(layer))
+            if layer.bias is not None:
+                self.executor.set_modulator(layer.bias_node, layer.bias_input, self._bias_fn(layer))
+        self._installed = True
+        return self
+
+    def remove(self) -> None:
+        for layer in self.layers:
+            self.executor.set_modulator(layer.name, layer.weight_input, None)
+            if layer.bias is not None:
+                self.executor.set_modulator(layer.bias_node, layer.bias_input, None)
+        self._installed = False
+
+    def __enter__(self) -> "Modulation":
+        return self.install()
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    # -- views ------------------------------------------------------------------------------
+    def per_layer(self, flat: torch.Tensor) -> dict[str, np.ndarray]:
+        """Split a flat per-neuron tensor into ``{layer name: array}``."""
+        flat = flat.detach().cpu().numpy()
+        return {name: flat[lo:hi].copy() for name, (lo, hi) in self.offsets.items()}
+
+    def set_masks(self, masks: dict[str, np.ndarray]) -> None:
+        """Load per-layer mask values (missing layers stay 1)."""
+        with torch.no_grad():
+            self.mask.fill_(1.0)
+            for name, values in masks.items():
+                lo, hi = self.offsets[name]
+                self.mask[lo:hi] = torch.as_tensor(np.asarray(values), dtype=self.mask.dtype,
+                                                   device=self.mask.device)
+
+    def neuron(self, index: int) -> tuple[str, int]:
+        """The neuron id (layer name, channel) of a flat index."""
+        for name, (lo, hi) in self.offsets.items():
+            if lo <= index < hi:
+                return name, index - lo
+        raise IndexError(index)

@@ -1,0 +1,132 @@
+"""Write new initializer values back into the original graph with onnx-graphsurgeon.
+
+Everything else stays: inputs, outputs, node names and order, opset, IR version, metadata.
+A write targets a node's input slot. Where the initializer behind that slot is read by no
+other slot it is replaced in place under the same name; where it is shared (exporters
+deduplicate equal tensors, e.g. two zero biases behind an Identity) the slot alone is rewired
+to a new initializer ``<name>::<node>`` so the other readers keep their value.
+
+Provenance (tool version, method, parameters, source sha256) is added to ``metadata_props``
+under ``backdoor_audit.provenance``; the result passes ``onnx.checker`` (full) and strict shape
+inference, and is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from .. import __version__
+from ..errors import ModelError
+from ..graph.load import node_names
+from .atomic import atomic_output
+
+PROVENANCE_KEY = "backdoor_audit.provenance"
+
+
+@dataclass(frozen=True)
+class Write:
+    node: str  # unique node name (graph.load.node_names)
+    input_index: int
+    initializer: str  # the initializer currently behind the slot
+    values: np.ndarray
+
+
+def _slot_readers(model: onnx.ModelProto) -> dict[str, list[tuple[str, int]]]:
+    """initializer name -> every (node, input slot) that reads it, directly or via Identity."""
+    inits = {i.name for i in model.graph.initializer}
+    names = node_names(model.graph)
+    alias = {}
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits | set(alias):
+            alias[node.output[0]] = alias.get(node.input[0], node.input[0])
+    readers: dict[str, list[tuple[str, int]]] = {}
+    for name, node in zip(names, model.graph.node):
+        if node.op_type == "Identity" and node.output[0] in alias:
+            continue
+        for j, inp in enumerate(node.input):
+            src = alias.get(inp, inp)
+            if src in inits:
+                readers.setdefault(src, []).append((name, j))
+    return readers
+
+
+def apply_writes(model: onnx.ModelProto, writes: list[Write]) -> tuple[onnx.ModelProto, list[str]]:
+    """Return a new model with the writes applied, and the names of any unshared copies."""
+    readers = _slot_readers(model)
+    graph = gs.import_onnx(model)
+    tensors = graph.tensors()
+    by_name = dict(zip(node_names(model.graph), graph.nodes))
+    unshared = []
+    for w in writes:
+        if w.initializer not in tensors or not isinstance(tensors[w.initializer], gs.Constant):
+            raise ModelError(f"initializer '{w.initializer}' of node '{w.node}' not found in the graph")
+        const = tensors[w.initializer]
+        old = const.values
+        if tuple(w.values.shape) != tuple(old.shape):
+            raise ModelError(f"new value for '{w.initializer}' has shape {w.values.shape}, expected {old.shape}")
+        values = np.ascontiguousarray(w.values.astype(old.dtype, copy=False))
+        if len(readers.get(w.initializer, [])) <= 1:
+            const.values = values
+        else:
+            copy_name = f"{w.initializer}::{w.node}"
+            by_name[w.node].inputs[w.input_index] = gs.Constant(copy_name, values)
+            unshared.append(copy_name)
+    out = gs.export_onnx(graph, do_type_check=True)
+    # what graphsurgeon does not carry over
+    out.ir_version = model.ir_version
+    out.producer_name, out.producer_version = model.producer_name, model.producer_version
+    out.domain, out.model_version, out.doc_string = model.domain, model.model_version, model.doc_string
+    del out.metadata_props[:]
+    out.metadata_props.extend(model.metadata_props)
+    if model.functions and not out.functions:
+        out.functions.extend(model.functions)
+    return out, unshared
+
+
+def set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
+    for prop in model.metadata_props:
+        if prop.key == key:
+            prop.value = value
+            return
+    model.metadata_props.add(key=key, value=value)
+
+
+def provenance(method: str, params: dict, source_sha256: str, source_name: str, **extra) -> dict:
+    return {
+        "tool": "backdoor-audit", "version": __version__, "method": method, "params": params,
+        "source": source_name, "source_sha256": source_sha256,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra,
+    }
+
+
+def check_model(model: onnx.ModelProto, what: str = "written model") -> None:
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{what} fails the ONNX checker: {first}") from None
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
+    """Check, then write atomically (nothing is left at ``path`` on failure)."""
+    check_model(model, str(path))
+    with atomic_output(path) as tmp:
+        onnx.save(model, str(tmp))
+    return Path(path)
+
+
+def write_with_provenance(model: onnx.ModelProto, writes: list[Write], out_path, prov: dict) -> tuple[Path, list[str]]:
+    new, unshared = apply_writes(model, writes)
+    if unshared:
+        prov = {**prov, "unshared_initializers": unshared}
+    set_metadata(new, PROVENANCE_KEY, json.dumps(prov, sort_keys=True))
+    return save_model(new, out_path), unshared

@@ -1,0 +1,45 @@
+"""The 4-layer CNN of the ANP paper's appendix for MNIST: 2 conv layers + 1 FC layer + output.
+
+Conv(C,16,5)-ReLU-MaxPool2, Conv(16,32,5)-ReLU-MaxPool2, Flatten, Linear(->512)-ReLU,
+Linear(512, classes): 48 conv neurons and 512 FC neurons.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .registry import register_model
+
+
+class MnistCNN(nn.Module):
+    """Two 5x5 conv blocks and a 512-unit hidden layer; works for any input size >= 16x16."""
+
+    def __init__(self, in_shape: tuple[int, int, int], num_classes: int) -> None:
+        super().__init__()
+        c = in_shape[0]
+        self.features = nn.Sequential(
+            nn.Conv2d(c, 16, kernel_size=5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, kernel_size=5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        with torch.no_grad():
+            flat = self.features(torch.zeros(1, *in_shape)).numel()
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(flat, 512),
+            nn.ReLU(),
+            nn.Linear(512, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+@register_model("mnist-cnn")
+def mnist_cnn(in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """ANP appendix MNIST CNN."""
+    return MnistCNN(in_shape, num_classes)

@@ -33,7 +33,7 @@ PROVENANCE_KEY = "backdoor_audit.provenance"
 
 @dataclass(frozen=True)
 class Write:
-    node: str  # unique node name (graph.load.node_names)
+    node: str | None  # unique node name (graph.load.node_names); None: every reader of the initializer
     input_index: int
     initializer: str  # the initializer currently behind the slot
     values: np.ndarray
@@ -73,7 +73,7 @@ def apply_writes(model: onnx.ModelProto, writes: list[Write]) -> tuple[onnx.Mode
         if tuple(w.values.shape) != tuple(old.shape):
             raise ModelError(f"new value for '{w.initializer}' has shape {w.values.shape}, expected {old.shape}")
         values = np.ascontiguousarray(w.values.astype(old.dtype, copy=False))
-        if len(readers.get(w.initializer, [])) <= 1:
+        if w.node is None or len(readers.get(w.initializer, [])) <= 1:
             const.values = values
         else:
             copy_name = f"{w.initializer}::{w.node}"

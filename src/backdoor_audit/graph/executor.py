@@ -61,7 +61,11 @@ class OnnxExecutor(nn.Module):
         self.source = source
         self.opset = opset_version(model)
         graph = model.graph
-        self.input_name = image_input(model).name
+        inp = image_input(model)
+        self.input_name = inp.name
+        first = inp.type.tensor_type.shape.dim[0] if inp.type.tensor_type.shape.dim else None
+        # a graph exported with a fixed batch may bake that batch into Reshape targets
+        self.static_batch = int(first.dim_value) if first is not None and first.HasField("dim_value") else None
         self.output_names = [o.name for o in graph.output]
         self.weights = nn.ParameterList()
         self._slots: dict[str, tuple[str, object]] = {}
@@ -179,8 +183,23 @@ class OnnxExecutor(nn.Module):
         return {name: env[name] for name in keep if name in env}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The first graph output: the class scores for an image classifier."""
-        return self.run(x)[self.output_names[0]]
+        """The first graph output: the class scores for an image classifier.
+
+        A model exported with a fixed batch size B runs on any batch in chunks of B (the last
+        one padded), so methods need not care how it was exported.
+        """
+        out_name = self.output_names[0]
+        b = self.static_batch
+        if b is None or x.shape[0] == b:
+            return self.run(x)[out_name]
+        outs = []
+        for i in range(0, x.shape[0], b):
+            chunk = x[i:i + b]
+            n = chunk.shape[0]
+            if n < b:
+                chunk = torch.cat([chunk, chunk[:1].expand(b - n, *chunk.shape[1:])])
+            outs.append(self.run(chunk)[out_name][:n])
+        return torch.cat(outs)
 
 
 def load_executor(path, device=None, model: onnx.ModelProto | None = None) -> OnnxExecutor:

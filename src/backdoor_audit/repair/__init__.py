@@ -1,1 +1,6 @@
+"""Defence methods behind one contract (see base.py); one file and one line per method."""
 
+from .base import METHODS, RepairContext, RepairResult, get_method, register_method
+from . import anp  # noqa: F401  (registers "anp")
+
+__all__ = ["METHODS", "RepairContext", "RepairResult", "get_method", "register_method"]

@@ -157,6 +157,10 @@ _Entry = tuple[tuple[str, ...], str, Callable[[], bytes]]
 
 
 def _load_tree(root: Path, split: str | None, limit: int | None) -> ImageSet:
+    return _decode_entries(_tree_entries(root), str(root), split, limit)
+
+
+def _tree_entries(root: Path) -> list[_Entry]:
     entries: list[_Entry] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -167,29 +171,36 @@ def _load_tree(root: Path, split: str | None, limit: int | None) -> ImageSet:
                 entries.append((rel + (name,), str(full), full.read_bytes))
     if not entries:
         raise DataError(f"folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-    return _decode_entries(entries, str(root), split, limit)
+    return entries
+
+
+def _open_zip(p: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(p)
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise DataError(f"cannot open {p} as a zip archive: {exc}") from None
 
 
 def _load_zip(p: Path, split: str | None, limit: int | None) -> ImageSet:
-    try:
-        archive = zipfile.ZipFile(p)
-    except (OSError, zipfile.BadZipFile) as exc:
-        raise DataError(f"cannot open {p} as a zip archive: {exc}") from None
-    with archive:
-        entries: list[_Entry] = []
-        for info in archive.infolist():
-            parts = tuple(part for part in info.filename.split("/") if part)
-            if info.is_dir() or not parts or parts[0] == "__MACOSX" or any(q.startswith(".") for q in parts):
-                continue
-            if parts[-1].lower().endswith(IMAGE_EXTENSIONS):
-                entries.append((parts, f"{p}:{info.filename}", lambda i=info: archive.read(i)))
-        if not entries:
-            raise DataError(f"zip {p} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-        return _decode_entries(entries, str(p), split, limit)
+    with _open_zip(p) as archive:
+        return _decode_entries(_zip_entries(archive, p), str(p), split, limit)
 
 
-def _decode_entries(entries: list[_Entry], source: str, split: str | None, limit: int | None) -> ImageSet:
-    """Pick the split, assign labels from class folder names and decode the images."""
+def _zip_entries(archive: zipfile.ZipFile, p: Path) -> list[_Entry]:
+    entries: list[_Entry] = []
+    for info in archive.infolist():
+        parts = tuple(part for part in info.filename.split("/") if part)
+        if info.is_dir() or not parts or parts[0] == "__MACOSX" or any(q.startswith(".") for q in parts):
+            continue
+        if parts[-1].lower().endswith(IMAGE_EXTENSIONS):
+            entries.append((parts, f"{p}:{info.filename}", lambda i=info: archive.read(i)))
+    if not entries:
+        raise DataError(f"zip {p} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return entries
+
+
+def _split_level(entries: list[_Entry], source: str) -> int | None:
+    """Index of the split folder level in the entries' paths, or None; checks the folder layout."""
     depth = len(entries[0][0])
     for parts, name, _ in entries:
         if len(parts) != depth:
@@ -202,14 +213,43 @@ def _decode_entries(entries: list[_Entry], source: str, split: str | None, limit
     if len(prefixes) > 1:
         a, b = sorted(prefixes)[:2]
         raise DataError(f"{source} has images under both {'/'.join(a)} and {'/'.join(b)}; point at one image folder")
+    return depth - 3 if has_split else None
+
+
+def list_splits(path: str | os.PathLike) -> list[str]:
+    """Names of the splits a data source holds (e.g. ["test", "train"]); [] if it is one set."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"data path {p} does not exist")
+    if p.is_dir():
+        entries = _tree_entries(p)
+    elif p.suffix.lower() == ".npz":
+        try:
+            with np.load(p, allow_pickle=False) as archive:
+                keys = archive.files
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            raise DataError(f"cannot read {p} as .npz: {exc}") from None
+        return sorted(k[2:] for k in keys if k.startswith("x_") and f"y_{k[2:]}" in keys)
+    elif p.suffix.lower() == ".zip":
+        with _open_zip(p) as archive:
+            entries = _zip_entries(archive, p)
+    else:
+        raise DataError(f"data file {p} has unknown extension {p.suffix!r} (expected .npz, .zip or a folder)")
+    level = _split_level(entries, str(p))
+    return [] if level is None else sorted({parts[level] for parts, _, _ in entries})
+
+
+def _decode_entries(entries: list[_Entry], source: str, split: str | None, limit: int | None) -> ImageSet:
+    """Pick the split, assign labels from class folder names and decode the images."""
+    level = _split_level(entries, source)
     classes = sorted({parts[-2] for parts, _, _ in entries})
-    if has_split:
-        splits = sorted({parts[depth - 3] for parts, _, _ in entries})
+    if level is not None:
+        splits = sorted({parts[level] for parts, _, _ in entries})
         if split is None:
             raise DataError(f"{source} holds splits {', '.join(splits)}; choose one with --split")
         if split not in splits:
             raise DataError(f"{source} has no split {split!r} (available: {', '.join(splits)})")
-        entries = [e for e in entries if e[0][depth - 3] == split]
+        entries = [e for e in entries if e[0][level] == split]
     label_of = {c: i for i, c in enumerate(classes)}
     per_class: dict[str, list[_Entry]] = {c: [] for c in classes}
     for e in sorted(entries, key=lambda e: e[0]):

@@ -1,0 +1,174 @@
+"""Train a backdoored model end to end: split, poison, train, export to ONNX with its metadata.
+
+The ANP protocol: the attacker trains on a seeded 90% share of the training split; the rest is
+the defender's pool. The split is recorded in the model's ``backdoor_audit.training`` metadata,
+so ``defender_split(n_total, n_clean, split_seed, attacker_share)`` gives the defender images the
+model never saw.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..data.images import ImageSet
+from ..data.loading import list_splits, load_images
+from ..data.preprocess import PREPROCESS_KEY, Preprocess
+from ..data.splits import defender_split
+from ..errors import SpecError
+from ..export.atomic import atomic_output
+from ..export.from_torch import export_torch_model
+from ..models import build_model
+from .registry import Attack, get_attack
+from .spec import ATTACK_SPEC_KEY, AttackSpec
+from .train import predict, train_classifier
+
+TRAINING_KEY = "backdoor_audit.training"
+
+
+def run_attack(
+    arch: str,
+    data: str | os.PathLike | ImageSet,
+    spec: AttackSpec,
+    out_path: str | os.PathLike,
+    *,
+    epochs: int,
+    batch_size: int = 128,
+    lr: float = 0.01,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    schedule: str = "cosine",
+    augment: str | None = None,
+    test_data: str | os.PathLike | ImageSet | None = None,
+    clean_holdout: int = 0,
+    clean_out: str | os.PathLike | None = None,
+    seed: int = 0,
+    split_seed: int = 0,
+    attacker_share: float = 0.9,
+    dynamo: bool = True,
+    keep_batchnorm: bool = False,
+    device: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Train ``arch`` on the attacker's poisoned share of ``data`` and export it to ``out_path``.
+
+    ``data`` is a path (its "train" split is used when it has splits) or an ImageSet; the test
+    split (or ``test_data``) gives the in-torch ACC/ASR of the summary. ``clean_holdout`` is the
+    number of defender images drawn from the pool the attacker never saw; ``clean_out`` writes
+    them to an .npz (keys x uint8 NCHW, y). ``seed`` seeds weight init and training,
+    ``split_seed`` the attacker/defender split, ``spec.seed`` the poisoned images.
+    Returns a summary dict (paths, counts, acc/asr in %, seconds, defender indices).
+    """
+    train_set, test_set = _load_sets(data, test_data, cache_dir)
+    if spec.num_classes != train_set.num_classes:
+        raise SpecError(
+            f"attack spec says {spec.num_classes} classes but data {train_set.source} has {train_set.num_classes}"
+        )
+    attack = get_attack(spec)
+    attack.check_shape(train_set.shape)
+    spec = dataclasses.replace(spec, params=dict(attack.params))  # record resolved defaults too
+    attacker_idx, defender_idx = defender_split(len(train_set), clean_holdout, split_seed, attacker_share)
+    poisoned, poisoned_idx = attack.poison(train_set.subset(attacker_idx), spec)
+
+    torch.manual_seed(seed)
+    model = build_model(arch, train_set.shape, spec.num_classes)
+    log = train_classifier(
+        model, poisoned, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+        weight_decay=weight_decay, schedule=schedule, seed=seed, device=device, augment=augment,
+        progress=progress,
+    )  # fmt: skip
+    acc, asr = (None, None) if test_set is None else torch_acc_asr(model, test_set, attack, spec)
+
+    training = {
+        "tool": f"backdoor-audit {__version__}",
+        "arch": arch,
+        "dataset": train_set.source,
+        "in_shape": list(train_set.shape),
+        "n_total": len(train_set),
+        "n_train": len(attacker_idx),
+        "n_poisoned": len(poisoned_idx),
+        "defender": {"split_seed": split_seed, "attacker_share": attacker_share, "n_clean": clean_holdout},
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "optimizer": {"name": "sgd", "lr": lr, "momentum": momentum, "weight_decay": weight_decay},
+        "schedule": schedule,
+        "augment": augment,
+        "seed": seed,
+        "seconds": round(log["seconds"], 1),
+        "final_loss": round(log["loss"][-1], 5),
+        "torch": torch.__version__,
+    }
+    metadata = {
+        ATTACK_SPEC_KEY: spec.to_json(),
+        PREPROCESS_KEY: Preprocess(layout="NCHW").to_json(),
+        TRAINING_KEY: json.dumps(training, sort_keys=True),
+    }
+    t0 = time.perf_counter()
+    path = export_torch_model(model, train_set.shape, out_path, metadata, dynamo=dynamo, keep_batchnorm=keep_batchnorm)
+    export_seconds = time.perf_counter() - t0
+    if clean_out is not None:
+        _save_clean(train_set.subset(defender_idx), clean_out)
+    return {
+        "model": str(path),
+        "arch": arch,
+        "attack": spec.attack,
+        "n_train": len(attacker_idx),
+        "n_poisoned": int(len(poisoned_idx)),
+        "n_clean": int(len(defender_idx)),
+        "defender_idx": defender_idx,
+        "clean_out": None if clean_out is None else str(clean_out),
+        "acc": acc,
+        "asr": asr,
+        "n_test": None if test_set is None else len(test_set),
+        "train_seconds": log["seconds"],
+        "export_seconds": export_seconds,
+        "loss": log["loss"],
+        "device": log["device"],
+    }
+
+
+def torch_acc_asr(model: torch.nn.Module, images: ImageSet, attack: Attack, spec: AttackSpec) -> tuple[float, float | None]:
+    """Clean accuracy and attack success rate (both in %) of a torch model on ``images``."""
+    acc = float((predict(model, images.x).argmax(1) == images.y).mean() * 100.0)
+    mask = spec.asr_mask(images.y)
+    if not mask.any():
+        return acc, None
+    triggered = predict(model, attack.apply(images.x[mask])).argmax(1)
+    asr = float((triggered == spec.target_labels(images.y[mask])).mean() * 100.0)
+    return acc, asr
+
+
+def _load_sets(
+    data: str | os.PathLike | ImageSet, test_data: str | os.PathLike | ImageSet | None, cache_dir: Any
+) -> tuple[ImageSet, ImageSet | None]:
+    splits = [] if isinstance(data, ImageSet) else list_splits(data)
+    if isinstance(data, ImageSet):
+        train_set = data
+    else:
+        train_set = load_images(data, split="train" if "train" in splits else None, cache_dir=cache_dir)
+    if isinstance(test_data, ImageSet):
+        return train_set, test_data
+    if test_data is not None:
+        test_splits = list_splits(test_data)
+        split = "test" if "test" in test_splits else None
+        return train_set, load_images(test_data, split=split, cache_dir=cache_dir)
+    if "test" in splits:
+        return train_set, load_images(data, split="test", cache_dir=cache_dir)
+    return train_set, None
+
+
+def _save_clean(images: ImageSet, path: str | os.PathLike) -> None:
+    x8 = np.rint(images.x * 255.0).astype(np.uint8)
+    extra = {"classes": np.array(images.classes, dtype=str)} if images.classes else {}
+    with atomic_output(Path(path)) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, x=x8, y=images.y, **extra)

@@ -1,0 +1,52 @@
+"""`audit validate`: ACC/ASR under onnxruntime and the CI gate on them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from ..attacks.spec import load_spec
+from ..data import ImageSet, fit_preprocess
+from ..graph.load import image_input, input_dims, load_model, metadata
+from .evaluate import evaluate
+
+
+@dataclass
+class ValidateResult:
+    model: str
+    acc: float
+    asr: float | None
+    n: int
+    n_asr: int
+    provider: str
+    attack: dict | None
+    passed: bool
+    gate_messages: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def validate_model(model_path, images: ImageSet, attack=None, layout=None, mean=None, std=None,
+                   min_acc: float | None = None, max_asr: float | None = None) -> ValidateResult:
+    proto = load_model(model_path)
+    spec = load_spec(attack) if attack else None
+    pre = fit_preprocess(images, input_dims(proto), layout=layout, mean=mean, std=std,
+                         metadata=metadata(proto), input_name=image_input(proto).name)
+    res = evaluate(model_path, images, pre, spec)
+    messages, passed = [], True
+    if min_acc is not None:
+        ok = res.acc >= min_acc
+        passed &= ok
+        messages.append(f"{'pass' if ok else 'FAIL'}: ACC {res.acc:.2f}% {'>=' if ok else '<'} {min_acc}%")
+    if max_asr is not None:
+        if res.asr is None:
+            passed = False
+            messages.append("FAIL: --max-asr needs --attack (no ASR measured)")
+        else:
+            ok = res.asr <= max_asr
+            passed &= ok
+            messages.append(f"{'pass' if ok else 'FAIL'}: ASR {res.asr:.2f}% {'<=' if ok else '>'} {max_asr}%")
+    return ValidateResult(str(model_path), res.acc, res.asr, res.n, res.n_asr, res.provider,
+                          None if spec is None else {"attack": spec.attack, "mode": spec.mode,
+                                                     "target": spec.target},
+                          bool(passed), messages)

@@ -1,0 +1,259 @@
+"""`audit`: parse, call, print. Exit 0 ok, 1 finding or failed gate, 2 error (one clear line).
+
+No logic lives here: every command calls one library function and shows what it returns.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import traceback
+
+import click
+
+from . import __version__
+from .errors import AuditError
+
+CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "backdoor-audit")
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def handle_errors(fn):
+    """Turn bad input into exit 2 with one line; a bug also gets one line (traceback on request)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except AuditError as exc:
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            _fail("interrupted")
+        except Exception as exc:  # noqa: BLE001  (never a bare traceback for the user)
+            if os.environ.get("AUDIT_DEBUG"):
+                traceback.print_exc()
+            _fail(f"internal error: {type(exc).__name__}: {exc} (set AUDIT_DEBUG=1 for the traceback)")
+
+    return wrapper
+
+
+def _floats(text: str | None, name: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}", param_hint=name) from None
+
+
+def data_options(fn):
+    """The options every command that reads images shares."""
+    opts = [
+        click.option("--data", "data", required=True, type=click.Path(),
+                     help="npz (x/y or x_train/.../y_test), image folder (one subfolder per class) or zip"),
+        click.option("--split", default=None, help="pick x_<split>/y_<split> of an npz, or the <split> subfolder"),
+        click.option("--layout", type=click.Choice(["NCHW", "NHWC"], case_sensitive=False), default=None,
+                     help="model input layout (default: from model metadata or input shape)"),
+        click.option("--mean", default=None, help="per-channel mean after /255, e.g. 0.49,0.48,0.45"),
+        click.option("--std", default=None, help="per-channel std after /255"),
+        click.option("--device", default=None, help="torch device (default: cuda when available, else cpu)"),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _load(data, split, limit=None, seed=0, data_layout=None):
+    from .data import load_images
+    from .data.sample import sample
+
+    return sample(load_images(data, split=split, cache_dir=CACHE_DIR, layout=data_layout), limit, seed)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="backdoor-audit")
+def main():
+    """Check and repair backdoored image classifiers delivered as ONNX."""
+
+
+# ---------------------------------------------------------------------------------------- inspect
+@main.command()
+@click.argument("model", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="print the inventory as JSON")
+@handle_errors
+def inspect(model, as_json):
+    """List the model's neurons: layers, BN state, couplings, head."""
+    from .graph.load import input_dims, load_model, opset_version
+    from .graph.neurons import build_inventory
+
+    proto = load_model(model)
+    inv = build_inventory(proto)
+    if as_json:
+        click.echo(json.dumps({"summary": inv.summary(), "layers": [l.__dict__ for l in inv.layers],
+                               "couplings": [c.__dict__ for c in inv.couplings]}, indent=2))
+        return
+    s = inv.summary()
+    click.echo(f"{model}: opset {opset_version(proto)}, input {input_dims(proto)}, "
+               f"{s['neurons']} neurons in {s['layers']} layers, BatchNorm {s['batchnorm']}")
+    for l in inv.layers:
+        extra = " head" if l.head else f" normalised by {l.bn}" if l.bn else ""
+        click.echo(f"  {l.name:<48} {l.op:<18} {l.size:>5}{extra}")
+    for c in inv.couplings:
+        click.echo(f"  coupled by {c.kind} at {c.node}: {', '.join(c.layers)}")
+
+
+# ---------------------------------------------------------------------------------------- repair
+@main.command()
+@click.argument("model", type=click.Path())
+@data_options
+@click.option("--method", default="anp", show_default=True, help="defence method (see --list)")
+@click.option("--out", "out", type=click.Path(), help="where to write the repaired ONNX")
+@click.option("--n-clean", type=int, default=None, help="use this many clean images (seeded sample)")
+@click.option("--iterations", type=int, default=None, help="ANP: mask optimisation steps [2000]")
+@click.option("--eps", type=float, default=None, help="ANP: perturbation budget [0.4]")
+@click.option("--alpha", type=float, default=None, help="ANP: trade-off, clean vs perturbed loss [0.2]")
+@click.option("--lr", type=float, default=None, help="ANP: mask learning rate [0.2]")
+@click.option("--batch-size", type=int, default=None, help="ANP: batch size [128]")
+@click.option("--threshold", type=float, default=None, help="ANP: prune masks below this [0.2]")
+@click.option("--fraction", type=float, default=None, help="ANP: prune this share of neurons instead")
+@click.option("--include-head/--no-include-head", default=None, help="also mask the classifier head")
+@click.option("--semantics", type=click.Choice(["keep-bias", "zero-bias"]), default=None,
+              help="pruned neuron: zero weights and keep bias (ANP), or zero both")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+@click.option("--list", "list_methods", is_flag=True, help="list the methods and their defaults")
+@handle_errors
+def repair(model, data, split, layout, mean, std, device, method, out, n_clean, iterations, eps, alpha, lr,
+           batch_size, threshold, fraction, include_head, semantics, seed, as_json, list_methods):
+    """Repair MODEL with a defence method on the defender's clean data; write --out."""
+    from .repair import METHODS
+    from .repair.run import repair_model
+
+    if list_methods:
+        for info in METHODS.values():
+            click.echo(f"{info.name}: {info.summary}\n  defaults: {info.defaults}")
+        return
+    if not out:
+        raise click.UsageError("--out is required")
+    clean = _load(data, split, n_clean, seed)
+    options = dict(iterations=iterations, eps=eps, alpha=alpha, lr=lr, batch_size=batch_size,
+                   threshold=threshold, fraction=fraction, include_head=include_head, semantics=semantics)
+    report = repair_model(model, clean, method, out, {k: v for k, v in options.items() if v is not None},
+                          device=device, layout=layout, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
+                          seed=seed, progress=not as_json and sys.stderr.isatty())
+    if as_json:
+        click.echo(report.to_json())
+        return
+    click.echo(f"{report.method}: pruned {len(report.pruned)} of {report.units} neurons "
+               f"({report.total_neurons} in the model) in {report.seconds:.1f} s")
+    click.echo(f"  clean accuracy on the {len(clean)} defender images: "
+               f"{report.clean_acc_before:.2f} -> {report.clean_acc_after:.2f}")
+    if report.pruned:
+        shown = ", ".join(f"{l}[{k}]" for l, k in report.pruned[:12])
+        more = f" (+{len(report.pruned) - 12} more)" if len(report.pruned) > 12 else ""
+        click.echo(f"  pruned: {shown}{more}")
+    click.echo(f"  wrote {report.out_path} (onnxruntime parity {report.parity_max_abs:.1e})")
+
+
+# ---------------------------------------------------------------------------------------- validate
+@main.command()
+@click.argument("model", type=click.Path())
+@data_options
+@click.option("--attack", "attack", type=click.Path(), default=None,
+              help="attack spec JSON, or an ONNX file whose metadata carries one (for ASR)")
+@click.option("--limit", type=int, default=None, help="evaluate on this many images (seeded sample)")
+@click.option("--min-acc", type=float, default=None, help="gate: fail (exit 1) when ACC is below")
+@click.option("--max-asr", type=float, default=None, help="gate: fail (exit 1) when ASR is above")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def validate(model, data, split, layout, mean, std, device, attack, limit, min_acc, max_asr, as_json):
+    """Measure ACC (and ASR with --attack) under onnxruntime; gate with --min-acc/--max-asr."""
+    from .audit.gate import validate_model
+
+    images = _load(data, split, limit)
+    result = validate_model(model, images, attack=attack, layout=layout, mean=_floats(mean, "--mean"),
+                            std=_floats(std, "--std"), min_acc=min_acc, max_asr=max_asr)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        asr = "" if result.asr is None else f"  ASR {result.asr:6.2f}% (of {result.n_asr})"
+        click.echo(f"{model}: ACC {result.acc:6.2f}% (of {result.n}){asr}  [{result.provider}]")
+        for line in result.gate_messages:
+            click.echo(f"  {line}")
+    sys.exit(0 if result.passed else 1)
+
+
+# ---------------------------------------------------------------------------------------- scan
+@main.command()
+@click.argument("model", type=click.Path())
+@data_options
+@click.option("--n-clean", type=int, default=None, help="use this many clean images (seeded sample)")
+@click.option("--mask-iterations", type=int, default=300, show_default=True)
+@click.option("--probe-steps", type=int, default=10, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def scan(model, data, split, layout, mean, std, device, n_clean, mask_iterations, probe_steps, seed, as_json):
+    """Is MODEL backdoored? Neuron perturbation probe + ANP masks + graph checks. Exit 1 if so."""
+    from .audit.scan import scan_model
+
+    clean = _load(data, split, n_clean, seed)
+    rep = scan_model(model, clean, mask_iterations=mask_iterations, probe_steps=probe_steps, device=device,
+                     layout=layout, mean=_floats(mean, "--mean"), std=_floats(std, "--std"), seed=seed,
+                     progress=not as_json and sys.stderr.isatty())
+    if as_json:
+        click.echo(json.dumps(rep.to_dict(), indent=2, default=str))
+    else:
+        _print_scan(rep)
+    sys.exit(1 if rep.backdoor_found else 0)
+
+
+def _print_scan(rep) -> None:
+    target = "" if rep.suspected_target is None else f", suspected target class {rep.suspected_target}"
+    click.echo(f"{rep.model}: {rep.verdict.upper()}{target}  ({rep.seconds:.1f} s)")
+    click.echo("  neuron perturbation probe (share of errors on the top class):")
+    for p in rep.probe:
+        click.echo(f"    eps {p.eps:.2f}: error {p.error_rate:6.1%}, top class {p.top_class} "
+                   f"takes {p.top_share:6.1%} of errors")
+    click.echo(f"  ANP masks: {rep.masks_below_threshold} of {rep.units} neurons below 0.2; lowest: "
+               + ", ".join(f"{l}[{k}]={v:.2f}" for l, k, v in rep.lowest_masks[:5]))
+    for f in rep.findings:
+        click.echo(f"  [{f.severity}] {f.id}: {f.message}")
+
+
+# ---------------------------------------------------------------------------------------- demo
+@main.command()
+@click.option("--out-dir", type=click.Path(file_okay=False), default=None,
+              help="where to keep the models and clean set (default: a fresh temporary folder)")
+@click.option("--epochs", type=int, default=8, show_default=True)
+@click.option("--iterations", type=int, default=1000, show_default=True, help="ANP mask optimisation steps")
+@handle_errors
+def demo(out_dir, epochs, iterations):
+    """Train a BadNets MNIST model, scan it, repair it with ANP, validate both under onnxruntime."""
+    import tempfile
+
+    from .demo import run_demo
+
+    out_dir = out_dir or tempfile.mkdtemp(prefix="audit-demo-")
+    click.echo(f"audit demo: working in {out_dir}")
+    res = run_demo(out_dir, epochs=epochs, anp_iterations=iterations, progress=sys.stderr.isatty(),
+                   step=lambda name: click.echo(f"- {name}"))
+    _print_scan(res.scan)
+    click.echo(f"- ANP pruned {len(res.repair.pruned)} of {res.repair.units} neurons in {res.repair.seconds:.1f} s: "
+               + ", ".join(f"{l}[{k}]" for l, k in res.repair.pruned[:8]))
+    click.echo("")
+    click.echo(f"{'model':<10} {'ACC %':>8} {'ASR %':>8}   file")
+    click.echo(f"{'suspect':<10} {res.before.acc:8.2f} {res.before.asr:8.2f}   {res.suspect}")
+    click.echo(f"{'repaired':<10} {res.after.acc:8.2f} {res.after.asr:8.2f}   {res.repaired}")
+    click.echo(f"(onnxruntime {res.after.provider}; {res.before.n} test images, ASR over {res.before.n_asr}; "
+               f"total {res.seconds:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""End to end on a tiny model: run_attack -> ONNX with metadata -> evaluate() under onnxruntime."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from backdoor_audit.attacks import AttackSpec, get_attack, load_spec
+from backdoor_audit.attacks.run import TRAINING_KEY, run_attack
+from backdoor_audit.attacks.train import predict
+from backdoor_audit.audit.evaluate import evaluate
+from backdoor_audit.data import ImageSet, Preprocess, defender_split, demo_sample_path, fit_preprocess, load_images
+from backdoor_audit.errors import DataError, ModelError, SpecError
+from backdoor_audit.export.session import available_providers, make_session, run_logits
+from backdoor_audit.models import build_model
+
+SPEC = AttackSpec(attack="badnets", mode="all-to-one", target=0, num_classes=10, seed=0, rate=0.1)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A mnist-cnn trained for 2 epochs on 2000 demo images, exported with dynamo."""
+    out = tmp_path_factory.mktemp("attack")
+    train = load_images(demo_sample_path(), split="train").subset(slice(0, 2000))
+    test = load_images(demo_sample_path(), split="test").subset(slice(0, 500))
+    summary = run_attack(
+        "mnist-cnn", train, SPEC, out / "m.onnx", epochs=2, batch_size=32, lr=0.05, test_data=test,
+        clean_holdout=50, clean_out=out / "clean.npz", seed=1,
+    )  # fmt: skip
+    return summary, train, test
+
+
+def test_run_attack_writes_model_metadata_and_clean_set(trained):
+    summary, train, _ = trained
+    proto = onnx.load(summary["model"])
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert load_spec(summary["model"]).params == {"patch": "square", "size": 3, "position": "bottom-right", "margin": 1}
+    assert Preprocess.from_json(meta["backdoor_audit.preprocess"]) == Preprocess("NCHW")
+    training = json.loads(meta[TRAINING_KEY])
+    assert training["n_train"] == 1800 and training["defender"]["split_seed"] == 0
+    attacker_idx, defender_idx = defender_split(training["n_total"], 50, training["defender"]["split_seed"])
+    np.testing.assert_array_equal(summary["defender_idx"], defender_idx)
+    assert not set(attacker_idx) & set(defender_idx)
+    clean = load_images(summary["clean_out"])
+    np.testing.assert_allclose(clean.x, train.x[defender_idx], atol=1e-6)
+    assert summary["n_poisoned"] == round(0.1 * int((train.y[attacker_idx] != 0).sum()))
+
+
+def test_evaluate_matches_torch(trained):
+    summary, _, test = trained
+    proto = onnx.load(summary["model"])
+    dims = [d.dim_value or d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    pre = fit_preprocess(test, dims, metadata={p.key: p.value for p in proto.metadata_props})
+    result = evaluate(summary["model"], test, pre, load_spec(summary["model"]))
+    assert result.provider == available_providers()[0]
+    assert result.n == 500 and result.n_asr == int((test.y != 0).sum())
+    assert abs(result.acc - summary["acc"]) <= 0.5 and abs(result.asr - summary["asr"]) <= 0.5
+    assert result.acc > 50  # it did learn something in 2 epochs
+    assert evaluate(summary["model"], test, pre).asr is None
+
+
+def test_evaluate_matches_an_independent_torch_computation(tmp_path):
+    """Same weights in torch and onnxruntime give the same ACC on real data (untrained net, legacy export)."""
+    import torch
+
+    from backdoor_audit.export.from_torch import export_torch_model
+
+    torch.manual_seed(0)
+    model = build_model("mnist-cnn", (1, 28, 28), 10)
+    test = load_images(demo_sample_path(), split="test").subset(slice(0, 300))
+    path = export_torch_model(model, (1, 28, 28), tmp_path / "u.onnx", {}, dynamo=False)
+    torch_acc = float((predict(model, test.x).argmax(1) == test.y).mean() * 100)
+    assert abs(evaluate(path, test, Preprocess()).acc - torch_acc) <= 0.5
+    session = make_session(path)
+    np.testing.assert_allclose(run_logits(session, test.x, batch_size=7), predict(model, test.x), atol=1e-4)
+
+
+def test_evaluate_errors(trained, tmp_path):
+    summary, _, test = trained
+    with pytest.raises(ModelError, match="missing.onnx"):
+        evaluate(tmp_path / "missing.onnx", test, Preprocess())
+    (tmp_path / "junk.onnx").write_bytes(b"junk")
+    with pytest.raises(ModelError, match="junk.onnx"):
+        make_session(tmp_path / "junk.onnx")
+    wrong = ImageSet(x=test.x, y=test.y + 10, source="wrong.npz")
+    with pytest.raises(DataError, match="go up to 19"):
+        evaluate(summary["model"], wrong, Preprocess())
+    with pytest.raises(SpecError, match="43 classes"):
+        evaluate(summary["model"], test, Preprocess(), AttackSpec("badnets", "all-to-one", 0, 43))
+    with pytest.raises(ModelError, match="onnxruntime failed"):
+        evaluate(summary["model"], test, Preprocess(layout="NHWC"))
+
+
+def test_triggered_test_images_differ_from_clean(trained):
+    _, _, test = trained
+    triggered = get_attack(SPEC).apply(test.x)
+    assert (triggered[:, :, 24:27, 24:27] == 1).all() and not np.array_equal(triggered, test.x)

@@ -16,7 +16,6 @@ CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 
 
-@functools.lru_cache(maxsize=1)
 def available_providers() -> list[str]:
     """``[CUDA, CPU]`` when onnxruntime has CUDA and a GPU is usable, else ``[CPU]``.
 
@@ -24,9 +23,14 @@ def available_providers() -> list[str]:
     asked for it there, so a GPU is confirmed first (torch sees one, or the NVIDIA device node
     and driver library are present).
     """
+    return list(_providers())
+
+
+@functools.lru_cache(maxsize=1)
+def _providers() -> tuple[str, ...]:
     if CUDA not in ort.get_available_providers() or not _gpu_present():
-        return [CPU]
-    return [CUDA, CPU]
+        return (CPU,)
+    return (CUDA, CPU)
 
 
 def _gpu_present() -> bool:

@@ -123,6 +123,7 @@ def inspect(model, as_json):
 @click.option("--threshold", type=float, default=None, help="ANP: prune masks below this [0.2]")
 @click.option("--fraction", type=float, default=None, help="ANP: prune this share of neurons instead")
 @click.option("--include-head/--no-include-head", default=None, help="also mask the classifier head")
+@click.option("--layers", default=None, help="ANP: all | conv | linear | comma-separated layer names [all]")
 @click.option("--semantics", type=click.Choice(["keep-bias", "zero-bias"]), default=None,
               help="pruned neuron: zero weights and keep bias (ANP), or zero both")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -130,7 +131,7 @@ def inspect(model, as_json):
 @click.option("--list", "list_methods", is_flag=True, help="list the methods and their defaults")
 @handle_errors
 def repair(model, data, split, layout, mean, std, device, method, out, n_clean, iterations, eps, alpha, lr,
-           batch_size, threshold, fraction, include_head, semantics, seed, as_json, list_methods):
+           batch_size, threshold, fraction, include_head, layers, semantics, seed, as_json, list_methods):
     """Repair MODEL with a defence method on the defender's clean data; write --out."""
     from .repair import METHODS
     from .repair.run import repair_model
@@ -143,7 +144,8 @@ def repair(model, data, split, layout, mean, std, device, method, out, n_clean, 
         raise click.UsageError("--out is required")
     clean = _load(data, split, n_clean, seed)
     options = dict(iterations=iterations, eps=eps, alpha=alpha, lr=lr, batch_size=batch_size,
-                   threshold=threshold, fraction=fraction, include_head=include_head, semantics=semantics)
+                   threshold=threshold, fraction=fraction, include_head=include_head, layers=layers,
+                   semantics=semantics)
     report = repair_model(model, clean, method, out, {k: v for k, v in options.items() if v is not None},
                           device=device, layout=layout, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
                           seed=seed, progress=not as_json and sys.stderr.isatty())
@@ -225,6 +227,83 @@ def _print_scan(rep) -> None:
                + ", ".join(f"{l}[{k}]={v:.2f}" for l, k, v in rep.lowest_masks[:5]))
     for f in rep.findings:
         click.echo(f"  [{f.severity}] {f.id}: {f.message}")
+
+
+# ---------------------------------------------------------------------------------------- attack
+def _param(text: str):
+    if "=" not in text:
+        raise click.BadParameter(f"expected key=value, got {text!r}", param_hint="--param")
+    key, value = text.split("=", 1)
+    for cast in (int, float):
+        try:
+            return key.strip(), cast(value)
+        except ValueError:
+            pass
+    return key.strip(), value
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.option("--data", type=click.Path(), help="training data (its train split when it has splits)")
+@click.option("--arch", default="mnist-cnn", show_default=True, help="architecture (see --list)")
+@click.option("--out", type=click.Path(), help="where to write the backdoored ONNX model")
+@click.option("--mode", type=click.Choice(["all-to-one", "all-to-all"]), default="all-to-one", show_default=True)
+@click.option("--target", type=int, default=0, show_default=True, help="target class (all-to-one)")
+@click.option("--rate", type=float, default=0.1, show_default=True, help="share of eligible images poisoned")
+@click.option("--patch", default=None, help="BadNets: square | checkerboard")
+@click.option("--size", type=int, default=None, help="BadNets: patch side in pixels")
+@click.option("--position", default=None, help="BadNets: bottom-right | top-left | top-right | bottom-left | r,c")
+@click.option("--param", "params", multiple=True, help="any attack parameter as key=value (repeatable)")
+@click.option("--epochs", type=int, default=8, show_default=True)
+@click.option("--lr", type=float, default=0.01, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--schedule", type=click.Choice(["cosine", "onecycle", "constant"]), default="cosine", show_default=True)
+@click.option("--augment", type=click.Choice(["crop-flip"]), default=None)
+@click.option("--seed", type=int, default=0, show_default=True, help="weights and training order")
+@click.option("--attack-seed", type=int, default=0, show_default=True, help="which images are poisoned")
+@click.option("--clean-holdout", type=int, default=500, show_default=True,
+              help="defender images kept out of training (ANP protocol: from the other 10%)")
+@click.option("--clean-out", type=click.Path(), default=None, help="write those defender images to this .npz")
+@click.option("--exporter", type=click.Choice(["dynamo", "legacy"]), default="dynamo", show_default=True)
+@click.option("--keep-batchnorm", is_flag=True, help="keep BatchNormalization nodes in the export")
+@click.option("--device", default=None)
+@click.option("--list", "list_all", is_flag=True, help="list attacks and architectures")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def attack(name, data, arch, out, mode, target, rate, patch, size, position, params, epochs, lr, batch_size,
+           schedule, augment, seed, attack_seed, clean_holdout, clean_out, exporter, keep_batchnorm, device,
+           list_all, as_json):
+    """Train a backdoored model with attack NAME and export it to ONNX with its spec in the metadata."""
+    from .attacks import list_attacks
+    from .models import list_models
+
+    if list_all:
+        for attack_name, desc in list_attacks():
+            click.echo(f"attack {attack_name}: {desc}")
+        click.echo(f"architectures: {', '.join(list_models())}")
+        return
+    if not name or not data or not out:
+        raise click.UsageError("NAME, --data and --out are required (or --list)")
+    from .attacks.run import run_named_attack
+
+    p = dict(_param(t) for t in params)
+    p.update({k: v for k, v in (("patch", patch), ("size", size), ("position", position)) if v is not None})
+    summary = run_named_attack(name, arch, data, out, mode=mode, target=target, rate=rate, params=p,
+                               attack_seed=attack_seed, cache_dir=CACHE_DIR, epochs=epochs, lr=lr,
+                               batch_size=batch_size, schedule=schedule, augment=augment, seed=seed,
+                               clean_holdout=clean_holdout, clean_out=clean_out, dynamo=exporter == "dynamo",
+                               keep_batchnorm=keep_batchnorm, device=device,
+                               progress=not as_json and sys.stderr.isatty())
+    summary.pop("defender_idx", None)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, default=str))
+        return
+    click.echo(f"{name} on {arch}: {summary['n_poisoned']} of {summary['n_train']} training images poisoned, "
+               f"trained in {summary['train_seconds']:.0f} s")
+    if summary.get("acc") is not None:
+        asr = "n/a" if summary.get("asr") is None else f"{summary['asr']:.2f}%"
+        click.echo(f"  test ACC {summary['acc']:.2f}%  ASR {asr} (in torch; `audit validate` measures the file)")
+    click.echo(f"  wrote {summary['model']}" + (f" and {clean_out}" if clean_out else ""))
 
 
 # ---------------------------------------------------------------------------------------- demo

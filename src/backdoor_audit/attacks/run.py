@@ -172,3 +172,30 @@ def _save_clean(images: ImageSet, path: str | os.PathLike) -> None:
     with atomic_output(Path(path)) as tmp:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, x=x8, y=images.y, **extra)
+
+
+def run_named_attack(
+    name: str,
+    arch: str,
+    data: str | os.PathLike,
+    out_path: str | os.PathLike,
+    *,
+    mode: str = "all-to-one",
+    target: int | None = 0,
+    rate: float = 0.1,
+    params: dict[str, Any] | None = None,
+    attack_seed: int = 0,
+    test_data: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    **train: Any,
+) -> dict[str, Any]:
+    """Build the spec from the data's class count and run ``run_attack`` (what `audit attack` does)."""
+    from ..models import list_models
+
+    if arch not in list_models():
+        raise SpecError(f"unknown architecture {arch!r}; known: {', '.join(list_models())}")
+    train_set, test_set = _load_sets(data, test_data, cache_dir)
+    spec = AttackSpec(name, mode, None if mode == "all-to-all" else target, train_set.num_classes,
+                      dict(params or {}), attack_seed, rate)
+    get_attack(spec).check_shape(train_set.shape)
+    return run_attack(arch, train_set, spec, out_path, test_data=test_set, **train)

@@ -98,6 +98,25 @@ class NeuronInventory:
             out.append(l)
         return out
 
+    def select_units(self, layers: str = "all", include_head: bool = False) -> list[Layer]:
+        """Units restricted to a component: "all", "conv" (conv units and the BN that normalises
+        a conv), "linear", or a comma-separated list of layer names (ANP Table 6's components)."""
+        from ..errors import SpecError
+
+        units = self.units(include_head=include_head or layers not in ("all", "conv", "linear"))
+        if layers == "all":
+            return units
+        if layers in ("conv", "linear"):
+            def kind(l: Layer) -> str:
+                return self[l.normalises].kind if l.kind == "bn" and l.normalises in self else l.kind
+            return [l for l in units if kind(l) == layers]
+        names = [n.strip() for n in layers.split(",") if n.strip()]
+        by_name = {l.name: l for l in units}
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise SpecError(f"no maskable layer named {', '.join(missing)} (layers: {', '.join(by_name)})")
+        return [by_name[n] for n in names]
+
     def summary(self) -> dict:
         return {
             "layers": len(self.layers),

@@ -24,18 +24,19 @@ from ..graph.modulate import Modulation
 from .base import RepairContext, RepairResult, batches, register_method
 
 DEFAULTS = dict(eps=0.4, alpha=0.2, lr=0.2, momentum=0.9, iterations=2000, batch_size=128,
-                steps=1, threshold=0.2, fraction=None, include_head=False, semantics="keep-bias")
+                steps=1, threshold=0.2, fraction=None, include_head=False, layers="all",
+                semantics="keep-bias")
 
 
 def optimize_masks(ctx: RepairContext, *, eps: float, alpha: float, lr: float, momentum: float,
                    iterations: int, batch_size: int, steps: int = 1, include_head: bool = False,
-                   callback=None) -> tuple[Modulation, dict]:
+                   layers: str = "all", callback=None) -> tuple[Modulation, dict]:
     """Run Algorithm 1 lines 2-12; return the modulation holding the continuous masks."""
     if not 0 <= alpha <= 1:
         raise SpecError(f"ANP alpha must be in [0, 1], got {alpha}")
     if eps < 0:
         raise SpecError(f"ANP eps must be >= 0, got {eps}")
-    units = ctx.inventory.units(include_head=include_head)
+    units = ctx.inventory.select_units(layers, include_head=include_head)
     if not units:
         raise SpecError("the model has no neurons ANP can mask (no Conv, Gemm, MatMul or BatchNormalization "
                         "with initializer weights outside the classifier head)")
@@ -78,7 +79,7 @@ def optimize_masks(ctx: RepairContext, *, eps: float, alpha: float, lr: float, m
             with torch.no_grad():
                 mod.mask.clamp_(0.0, 1.0)
             if it % 50 == 0 or it == iterations - 1:
-                curve.append({"iteration": it, "loss_nat": float(loss_nat), "loss_rob": float(loss_rob)})
+                curve.append({"iteration": it, "loss_nat": float(loss_nat.detach()), "loss_rob": float(loss_rob.detach())})
             if callback is not None:
                 callback(it)
     mod.mask.requires_grad_(False)
@@ -119,7 +120,7 @@ def run_anp(ctx: RepairContext, **opts) -> RepairResult:
         mod, log = optimize_masks(ctx, eps=opts["eps"], alpha=opts["alpha"], lr=opts["lr"],
                                   momentum=opts["momentum"], iterations=opts["iterations"],
                                   batch_size=opts["batch_size"], steps=opts["steps"],
-                                  include_head=opts["include_head"],
+                                  include_head=opts["include_head"], layers=opts["layers"],
                                   callback=(lambda it: bar.update(1)) if bar else None)
     finally:
         if bar is not None:

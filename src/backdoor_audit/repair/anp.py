@@ -81,7 +81,7 @@ def optimize_masks(ctx: RepairContext, *, eps: float, alpha: float, lr: float, m
             if it % 50 == 0 or it == iterations - 1:
                 curve.append({"iteration": it, "loss_nat": float(loss_nat.detach()), "loss_rob": float(loss_rob.detach())})
             if callback is not None:
-                callback(it)
+                callback(it, mod)
     mod.mask.requires_grad_(False)
     seconds = time.perf_counter() - t0
     return mod, {"seconds": seconds, "iterations_per_second": iterations / max(seconds, 1e-9), "curve": curve}
@@ -121,7 +121,7 @@ def run_anp(ctx: RepairContext, **opts) -> RepairResult:
                                   momentum=opts["momentum"], iterations=opts["iterations"],
                                   batch_size=opts["batch_size"], steps=opts["steps"],
                                   include_head=opts["include_head"], layers=opts["layers"],
-                                  callback=(lambda it: bar.update(1)) if bar else None)
+                                  callback=(lambda *_: bar.update(1)) if bar else None)
     finally:
         if bar is not None:
             bar.close()

@@ -6,6 +6,10 @@ The defender has the suspect model and a small clean set, nothing else. Evidence
 - masks (ANP Fig. 2b): after a short ANP mask optimisation, backdoored models grow a cluster
   of masks near 0; the lowest-mask neurons are the suspects.
 - graph: operators a plain classifier never has (control flow, comparisons, selection).
+Only budgets up to PROBE_MAX_EPS count for the verdict: backdoored models collapse at smaller
+budgets than clean ones (ANP Fig. 1a), while at large budgets every model we measured, clean
+ones included, sends its errors to one class. When no small budget causes enough errors to
+judge, the verdict is "inconclusive" (exit 0, stated as such), never "clean".
 The thresholds below are first settings from a handful of MNIST models (see docs/scan.md), not
 a calibration; the calibrated scan is a later piece of work.
 """
@@ -26,6 +30,7 @@ from .probe import ProbePoint, perturbation_probe
 
 # first, uncalibrated settings (docs/scan.md records what they were chosen on)
 PROBE_MIN_ERROR = 0.2  # look at budgets where the perturbation causes at least this error rate
+PROBE_MAX_EPS = 0.2  # ... and only small ones: at eps 0.4 clean MNIST models collapse onto one class too
 PROBE_SUSPECT_SHARE = 0.7  # errors concentrated on one class beyond this share: suspected
 PROBE_CLEAR_SHARE = 0.5  # below this at every budget: no backdoor found
 SUSPICIOUS_OPS = {"If", "Loop", "Scan", "Where", "Equal", "Greater", "Less", "GreaterOrEqual",
@@ -116,7 +121,7 @@ def scan_model(model_path, clean: ImageSet, *, eps_list=(0.1, 0.2, 0.3, 0.4), pr
 
 
 def _verdict(points: list[ProbePoint]) -> tuple[str, int | None, float]:
-    usable = [p for p in points if p.error_rate >= PROBE_MIN_ERROR]
+    usable = [p for p in points if p.error_rate >= PROBE_MIN_ERROR and p.eps <= PROBE_MAX_EPS + 1e-9]
     if not usable:
         return "inconclusive", None, 0.0
     best = max(usable, key=lambda p: p.top_share)

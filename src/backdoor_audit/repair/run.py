@@ -82,7 +82,8 @@ def repair_model(model_path, clean: ImageSet, method: str, out_path, options: di
     prov = provenance(method, _plain(result.params), m.sha256, model_path.name,
                       pruned=len(result.pruned()), semantics=result.semantics)
     acc_after, parity = _write_and_verify(m, result, writes, out_path, prov, x, y)
-    units = sum(l.size for l in m.inventory.units(include_head=bool(opts.get("include_head"))))
+    acted_on = result.scores or result.masks or {}
+    units = sum(len(v) for v in acted_on.values())
     return RepairReport(method, _plain(result.params), str(out_path), result.pruned(), units,
                         m.inventory.total, acc_before, acc_after, seconds, _peak_rss_mb(), parity,
                         log={k: v for k, v in result.log.items() if k != "curve"})

@@ -310,7 +310,7 @@ def attack(name, data, arch, out, mode, target, rate, patch, size, position, par
 @main.command()
 @click.option("--out-dir", type=click.Path(file_okay=False), default=None,
               help="where to keep the models and clean set (default: a fresh temporary folder)")
-@click.option("--epochs", type=int, default=8, show_default=True)
+@click.option("--epochs", type=int, default=15, show_default=True)
 @click.option("--iterations", type=int, default=1000, show_default=True, help="ANP mask optimisation steps")
 @handle_errors
 def demo(out_dir, epochs, iterations):

@@ -35,7 +35,7 @@ class DemoResult:
     seconds: float
 
 
-def run_demo(out_dir, *, epochs: int = 8, anp_iterations: int = 1000, n_clean: int = 500,
+def run_demo(out_dir, *, epochs: int = 15, lr: float = 0.05, anp_iterations: int = 1000, n_clean: int = 500,
              progress: bool = False, step=None) -> DemoResult:
     """Run the demo into ``out_dir``; ``step(name)`` is called as each stage starts."""
     t0 = time.perf_counter()
@@ -45,7 +45,7 @@ def run_demo(out_dir, *, epochs: int = 8, anp_iterations: int = 1000, n_clean: i
     sample = demo_sample_path()
     spec = AttackSpec(**DEMO_SPEC)
     say("train a BadNets model on the attacker's share and export it to ONNX")
-    summary = run_attack("mnist-cnn", sample, spec, out / "suspect.onnx", epochs=epochs, lr=0.01,
+    summary = run_attack("mnist-cnn", sample, spec, out / "suspect.onnx", epochs=epochs, lr=lr,
                          clean_holdout=n_clean, clean_out=out / "clean.npz", progress=progress)
     suspect = Path(summary["model"])
     clean = load_images(out / "clean.npz")

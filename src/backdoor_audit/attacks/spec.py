@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelError, SpecError
+from ..jsonobj import parse_json_object
 
 ATTACK_SPEC_KEY = "backdoor_audit.attack_spec"
 MODES = ("all-to-one", "all-to-all")
@@ -66,16 +67,8 @@ class AttackSpec:
     @classmethod
     def from_json(cls, text: str) -> "AttackSpec":
         """Parse a spec; SpecError naming the missing or unknown key."""
-        try:
-            raw = json.loads(text)
-        except (TypeError, json.JSONDecodeError) as exc:
-            raise SpecError(f"attack spec is not valid JSON: {exc}") from None
-        if not isinstance(raw, dict):
-            raise SpecError("attack spec must be a JSON object")
-        known = {"attack", "mode", "target", "num_classes", "params", "seed", "rate"}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise SpecError(f"attack spec has unknown key(s): {', '.join(unknown)}")
+        raw = parse_json_object(text, "attack spec", SpecError,
+                                {"attack", "mode", "target", "num_classes", "params", "seed", "rate"})
         for key in ("attack", "mode", "num_classes"):
             if key not in raw:
                 raise SpecError(f"attack spec lacks the key {key!r}")

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
+from ..jsonobj import parse_json_object
 from .images import ImageSet
 
 PREPROCESS_KEY = "backdoor_audit.preprocess"
@@ -53,15 +54,7 @@ class Preprocess:
     @classmethod
     def from_json(cls, text: str) -> "Preprocess":
         """Parse :meth:`to_json` output; DataError on anything malformed."""
-        try:
-            raw = json.loads(text)
-        except (TypeError, json.JSONDecodeError) as exc:
-            raise DataError(f"preprocess settings are not valid JSON: {exc}") from None
-        if not isinstance(raw, dict):
-            raise DataError(f"preprocess settings must be a JSON object, got {text!r}")
-        unknown = set(raw) - {"layout", "mean", "std"}
-        if unknown:
-            raise DataError(f"preprocess settings have unknown keys: {', '.join(sorted(unknown))}")
+        raw = parse_json_object(text, "preprocess settings", DataError, {"layout", "mean", "std"})
         return cls(
             layout=_check_layout(raw.get("layout", "NCHW")),
             mean=_as_floats(raw.get("mean"), "mean"),

@@ -105,3 +105,26 @@ def test_concat_records_channel_offsets(tmp_path):
     inv = build_inventory(onnx.load(str(export(model, shape, tmp_path / "z.onnx", "legacy13"))))
     cat = [c for c in inv.couplings if c.kind == "concat"]
     assert len(cat) == 1 and cat[0].offsets == (0, 12)
+
+
+def test_batch_statistics_mode_matches_torch_training_mode(tmp_path, cifar_images):
+    """ANP's authors optimise masks with BN in training mode; the executor can normalise with
+    batch statistics too, without touching the stored ones, and switches back cleanly."""
+    model, shape = _model("small-resnet")
+    path = export(model, shape, tmp_path / "bn.onnx", "legacy17-bn")
+    ex = load_executor(path, device="cpu")
+    x = torch.from_numpy(cifar_images.x[:16].astype(np.float32))
+    train_model = model.train()
+    with torch.no_grad():
+        expected = train_model(x).numpy()
+    model.eval()
+    before = {n: t.detach().clone() for n, t in ex.named_initializers()}
+    ex.batchnorm_batch_stats(True)
+    with torch.no_grad():
+        got = ex(x).numpy()
+    ex.batchnorm_batch_stats(False)
+    assert np.abs(got - expected).max() <= 1e-4
+    assert all(torch.equal(before[n], t) for n, t in ex.named_initializers())
+    with torch.no_grad():
+        ref = make_session(path).run(None, {"input": x.numpy()})[0]
+        assert np.abs(ex(x).numpy() - ref).max() <= 1e-4

@@ -135,6 +135,14 @@ class OnnxExecutor(nn.Module):
     def device(self) -> torch.device:
         return self.weights[0].device if len(self.weights) else torch.device("cpu")
 
+    def batchnorm_batch_stats(self, flag: bool) -> None:
+        """Normalise BatchNormalization inputs with the batch's own statistics (PyTorch's training
+        mode, running statistics left untouched) instead of the stored ones. The ANP authors'
+        code optimises masks this way; the file itself always runs with the stored statistics."""
+        for node in self.nodes:
+            if node.ctx.op_type == "BatchNormalization":
+                node.ctx.attrs["_batch_stats"] = bool(flag)
+
     # -- modulators -----------------------------------------------------------------------
     def set_modulator(self, node: str, input_index: int, fn: Modulator | None) -> None:
         """Transform what ``node`` reads at ``input_index`` (e.g. ``w -> m * w``) at run time."""

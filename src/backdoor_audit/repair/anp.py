@@ -24,13 +24,14 @@ from ..graph.modulate import Modulation
 from .base import RepairContext, RepairResult, batches, register_method
 
 DEFAULTS = dict(eps=0.4, alpha=0.2, lr=0.2, momentum=0.9, iterations=2000, batch_size=128,
-                steps=1, threshold=0.2, fraction=None, include_head=False, layers="all",
+                steps=1, threshold=0.2, fraction=None, include_head=False, layers="all", bn_stats="running",
                 semantics="keep-bias")
 
 
 def optimize_masks(ctx: RepairContext, *, eps: float, alpha: float, lr: float, momentum: float,
                    iterations: int, batch_size: int, steps: int = 1, include_head: bool = False,
-                   layers: str = "all", callback=None) -> tuple[Modulation, dict]:
+                   layers: str = "all", bn_stats: str = "running",
+                   callback=None) -> tuple[Modulation, dict]:
     """Run Algorithm 1 lines 2-12; return the modulation holding the continuous masks."""
     if not 0 <= alpha <= 1:
         raise SpecError(f"ANP alpha must be in [0, 1], got {alpha}")
@@ -40,6 +41,8 @@ def optimize_masks(ctx: RepairContext, *, eps: float, alpha: float, lr: float, m
     if not units:
         raise SpecError("the model has no neurons ANP can mask (no Conv, Gemm, MatMul or BatchNormalization "
                         "with initializer weights outside the classifier head)")
+    if bn_stats not in ("running", "batch"):
+        raise SpecError(f"bn_stats must be 'running' or 'batch', got {bn_stats!r}")
     ex = ctx.executor
     mod = Modulation(ex, units)
     gen = torch.Generator().manual_seed(ctx.seed)
@@ -48,40 +51,44 @@ def optimize_masks(ctx: RepairContext, *, eps: float, alpha: float, lr: float, m
     opt = torch.optim.SGD([mod.mask], lr=lr, momentum=momentum)
     feed = batches(len(ctx.x), min(batch_size, len(ctx.x)), gen)
     curve, t0 = [], time.perf_counter()
-    with mod:
-        for it in range(iterations):
-            idx = next(feed).to(ctx.x.device)
-            xb, yb = ctx.x[idx], ctx.y[idx]
-            if eps > 0:
-                with torch.no_grad():
-                    mod.delta.uniform_(-eps, eps, generator=dev_gen)
-                    mod.xi.uniform_(-eps, eps, generator=dev_gen)
-                mod.perturb = True
-                for _ in range(steps):
-                    mod.delta.requires_grad_(True)
-                    mod.xi.requires_grad_(True)
-                    loss = F.cross_entropy(ex(xb), yb)
-                    g_delta, g_xi = torch.autograd.grad(loss, [mod.delta, mod.xi])
-                    mod.delta.requires_grad_(False)
-                    mod.xi.requires_grad_(False)
+    ex.batchnorm_batch_stats(bn_stats == "batch")
+    try:
+        with mod:
+            for it in range(iterations):
+                idx = next(feed).to(ctx.x.device)
+                xb, yb = ctx.x[idx], ctx.y[idx]
+                if eps > 0:
                     with torch.no_grad():
-                        mod.delta.add_(eps / steps * g_delta.sign()).clamp_(-eps, eps)
-                        mod.xi.add_(eps / steps * g_xi.sign()).clamp_(-eps, eps)
-                loss_rob = F.cross_entropy(ex(xb), yb)
-            else:
-                loss_rob = torch.zeros((), device=xb.device)
-            mod.perturb = False
-            loss_nat = F.cross_entropy(ex(xb), yb)
-            loss = alpha * loss_nat + (1 - alpha) * loss_rob
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                mod.mask.clamp_(0.0, 1.0)
-            if it % 50 == 0 or it == iterations - 1:
-                curve.append({"iteration": it, "loss_nat": float(loss_nat.detach()), "loss_rob": float(loss_rob.detach())})
-            if callback is not None:
-                callback(it, mod)
+                        mod.delta.uniform_(-eps, eps, generator=dev_gen)
+                        mod.xi.uniform_(-eps, eps, generator=dev_gen)
+                    mod.perturb = True
+                    for _ in range(steps):
+                        mod.delta.requires_grad_(True)
+                        mod.xi.requires_grad_(True)
+                        loss = F.cross_entropy(ex(xb), yb)
+                        g_delta, g_xi = torch.autograd.grad(loss, [mod.delta, mod.xi])
+                        mod.delta.requires_grad_(False)
+                        mod.xi.requires_grad_(False)
+                        with torch.no_grad():
+                            mod.delta.add_(eps / steps * g_delta.sign()).clamp_(-eps, eps)
+                            mod.xi.add_(eps / steps * g_xi.sign()).clamp_(-eps, eps)
+                    loss_rob = F.cross_entropy(ex(xb), yb)
+                else:
+                    loss_rob = torch.zeros((), device=xb.device)
+                mod.perturb = False
+                loss_nat = F.cross_entropy(ex(xb), yb)
+                loss = alpha * loss_nat + (1 - alpha) * loss_rob
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    mod.mask.clamp_(0.0, 1.0)
+                if it % 50 == 0 or it == iterations - 1:
+                    curve.append({"iteration": it, "loss_nat": float(loss_nat.detach()), "loss_rob": float(loss_rob.detach())})
+                if callback is not None:
+                    callback(it, mod)
+    finally:
+        ex.batchnorm_batch_stats(False)
     mod.mask.requires_grad_(False)
     seconds = time.perf_counter() - t0
     return mod, {"seconds": seconds, "iterations_per_second": iterations / max(seconds, 1e-9), "curve": curve}
@@ -121,6 +128,7 @@ def run_anp(ctx: RepairContext, **opts) -> RepairResult:
                                   momentum=opts["momentum"], iterations=opts["iterations"],
                                   batch_size=opts["batch_size"], steps=opts["steps"],
                                   include_head=opts["include_head"], layers=opts["layers"],
+                                  bn_stats=opts["bn_stats"],
                                   callback=(lambda *_: bar.update(1)) if bar else None)
     finally:
         if bar is not None:

@@ -91,6 +91,9 @@ def _bn(ctx, x):
         raise UnsupportedOpError(f"node '{ctx.name}' (BatchNormalization): training mode is not supported")
     inp, scale, bias, mean, var = x[:5]
     shape = [1, -1] + [1] * (inp.dim() - 2)
+    if ctx.attrs.get("_batch_stats"):  # set by OnnxExecutor.batchnorm_batch_stats (train-mode BN)
+        dims = [0] + list(range(2, inp.dim()))
+        mean, var = inp.mean(dim=dims), inp.var(dim=dims, unbiased=False)
     inv = torch.rsqrt(var + ctx.attr("epsilon", 1e-5))
     return (inp - mean.view(shape)) * (inv * scale).view(shape) + bias.view(shape)
 

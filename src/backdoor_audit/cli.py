@@ -125,7 +125,8 @@ def inspect(model, as_json):
 @click.option("--include-head/--no-include-head", default=None, help="also mask the classifier head")
 @click.option("--layers", default=None, help="ANP: all | conv | linear | comma-separated layer names [all]")
 @click.option("--bn-stats", type=click.Choice(["running", "batch"]), default=None,
-              help="ANP: BatchNorm statistics while optimising masks (batch = the authors' code) [running]")
+              help="ANP: BatchNorm statistics while optimising masks: batch (the authors' code, "
+                   "default) or the stored running ones")
 @click.option("--semantics", type=click.Choice(["keep-bias", "zero-bias"]), default=None,
               help="pruned neuron: zero weights and keep bias (ANP), or zero both")
 @click.option("--seed", type=int, default=0, show_default=True)

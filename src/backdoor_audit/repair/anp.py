@@ -8,7 +8,11 @@ and projects m onto [0, 1] (lines 10-11). Neurons with m below the threshold are
 (line 13), keeping their bias (Section 3.3). With BatchNorm the unit is the BN channel: its
 scale and shift are masked and perturbed ("Adaptation to Batch Normalization"); where the
 exporter folded BN into the conv, the conv's own weight and bias are the unit (Eq. 3).
-The model stays in inference semantics (BN running statistics), as the exported file runs.
+While the masks are optimised, BatchNormalization normalises with each batch's own statistics, as
+in the authors' code (``model.train()``); with the stored running statistics instead
+(``bn_stats="running"``) perturbations compound through the unnormalised layers and on a BN ResNet
+we measured ANP pruning 316 of 560 BN channels (clean accuracy 98% -> 17%), against 25 channels
+(ASR 100% -> 1.3%) with batch statistics. The written file always uses the stored statistics.
 """
 
 from __future__ import annotations
@@ -24,13 +28,13 @@ from ..graph.modulate import Modulation
 from .base import RepairContext, RepairResult, batches, register_method
 
 DEFAULTS = dict(eps=0.4, alpha=0.2, lr=0.2, momentum=0.9, iterations=2000, batch_size=128,
-                steps=1, threshold=0.2, fraction=None, include_head=False, layers="all", bn_stats="running",
+                steps=1, threshold=0.2, fraction=None, include_head=False, layers="all", bn_stats="batch",
                 semantics="keep-bias")
 
 
 def optimize_masks(ctx: RepairContext, *, eps: float, alpha: float, lr: float, momentum: float,
                    iterations: int, batch_size: int, steps: int = 1, include_head: bool = False,
-                   layers: str = "all", bn_stats: str = "running",
+                   layers: str = "all", bn_stats: str = "batch",
                    callback=None) -> tuple[Modulation, dict]:
     """Run Algorithm 1 lines 2-12; return the modulation holding the continuous masks."""
     if not 0 <= alpha <= 1:

@@ -48,7 +48,7 @@ def randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give BatchNorm layers non-trivial statistics, as a trained model has."""
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
+        if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
             n = m.num_features
             m.weight.data = torch.rand(n, generator=g) + 0.5
             m.bias.data = torch.randn(n, generator=g) * 0.2

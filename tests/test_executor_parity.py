@@ -21,7 +21,7 @@ CASES = [
     ("small-resnet", "dynamo", True), ("small-resnet", "dynamo-raw", False),
     ("small-resnet", "legacy13", True), ("small-resnet", "legacy17-bn", True),
     ("opzoo", "dynamo", True), ("opzoo", "dynamo-raw", True), ("opzoo", "legacy13", False),
-    ("opzoo", "legacy17-bn", True),
+    ("opzoo", "legacy17-bn", True), ("mnist-cnn-bn", "dynamo-raw", True),
 ]
 
 
@@ -31,6 +31,8 @@ def _model(arch: str):
         return build_model("mnist-cnn", (1, 28, 28), 10).eval(), (1, 28, 28)
     if arch == "small-resnet":
         return randomise_bn(build_model("small-resnet", (3, 32, 32), 10)), (3, 32, 32)
+    if arch == "mnist-cnn-bn":
+        return randomise_bn(build_model("mnist-cnn-bn", (1, 28, 28), 10)), (1, 28, 28)
     return randomise_bn(OpZoo()), (3, 32, 32)
 
 
@@ -89,6 +91,16 @@ def test_mnist_cnn_has_the_appendix_neuron_count(tmp_path):
     inv = build_inventory(onnx.load(str(export(model, shape, tmp_path / "m.onnx", "dynamo"))))
     assert inv.summary()["by_kind"] == {"conv": 48, "linear": 522, "bn": 0}
     assert sum(l.size for l in inv.units()) == 560  # ANP Table 6: 48 conv + 512 FC, head excluded
+
+
+def test_mnist_cnn_bn_units_are_the_560_bn_channels(tmp_path):
+    """The form the ANP authors' code prunes: BN2d after the convs, BN1d after the FC layer."""
+    model, shape = _model("mnist-cnn-bn")
+    inv = build_inventory(onnx.load(str(export(model, shape, tmp_path / "b.onnx", "legacy17-bn"))))
+    units = inv.units()
+    assert all(l.kind == "bn" for l in units) and sum(l.size for l in units) == 560
+    assert [l.size for l in inv.select_units("linear")] == [512]
+    assert sum(l.size for l in inv.select_units("conv")) == 48
 
 
 def test_residual_add_couples_channels(tmp_path):

@@ -22,13 +22,15 @@ from conftest import OpZoo, export, randomise_bn
 from backdoor_audit.models import build_model
 
 MODELS = [("small-resnet", "legacy17-bn"), ("small-resnet", "dynamo"), ("opzoo", "dynamo-raw"),
-          ("opzoo", "legacy13"), ("mnist-cnn", "dynamo")]
+          ("opzoo", "legacy13"), ("mnist-cnn", "dynamo"), ("mnist-cnn-bn", "legacy17-bn")]
 
 
 def _build(arch):
     torch.manual_seed(1)
     if arch == "mnist-cnn":
         return build_model(arch, (1, 28, 28), 10).eval(), (1, 28, 28)
+    if arch == "mnist-cnn-bn":  # unfolded legacy export: Linear becomes Transpose(W) -> MatMul -> BN
+        return randomise_bn(build_model(arch, (1, 28, 28), 10)), (1, 28, 28)
     if arch == "small-resnet":
         return randomise_bn(build_model(arch, (3, 32, 32), 10)), (3, 32, 32)
     return randomise_bn(OpZoo()), (3, 32, 32)

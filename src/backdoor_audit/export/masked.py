@@ -30,7 +30,7 @@ def mask_writes(model: onnx.ModelProto, inventory: NeuronInventory, masks: dict[
         if keep.all():
             continue
         w = initializer_array(model, layer.weight)
-        writes.append(Write(layer.name, layer.weight_input, layer.weight,
+        writes.append(Write(layer.weight_reader, layer.weight_input, layer.weight,
                             w * keep.reshape(weight_view_shape(layer, w.ndim)).astype(w.dtype)))
         if semantics == "zero-bias" and layer.bias is not None:
             b = initializer_array(model, layer.bias)

@@ -67,7 +67,7 @@ class Modulation:
 
     def install(self) -> "Modulation":
         for layer in self.layers:
-            self.executor.set_modulator(layer.name, layer.weight_input, self._weight_fn(layer))
+            self.executor.set_modulator(layer.weight_reader, layer.weight_input, self._weight_fn(layer))
             if layer.bias is not None:
                 self.executor.set_modulator(layer.bias_node, layer.bias_input, self._bias_fn(layer))
         self._installed = True
@@ -75,7 +75,7 @@ class Modulation:
 
     def remove(self) -> None:
         for layer in self.layers:
-            self.executor.set_modulator(layer.name, layer.weight_input, None)
+            self.executor.set_modulator(layer.weight_reader, layer.weight_input, None)
             if layer.bias is not None:
                 self.executor.set_modulator(layer.bias_node, layer.bias_input, None)
         self._installed = False

@@ -42,6 +42,13 @@ class Layer:
     bn: str | None = None  # conv/linear: the BatchNormalization that normalises its output
     normalises: str | None = None  # bn: the conv/linear it follows
     head: bool = False
+    weight_node: str | None = None  # node whose input slot reads the weight, when not this one
+
+    @property
+    def weight_reader(self) -> str:
+        """The node that reads the weight initializer at ``weight_input`` (this layer, or the
+        Transpose in front of a MatMul in unfolded legacy exports)."""
+        return self.weight_node or self.name
 
     def neuron_ids(self) -> list[tuple[str, int]]:
         return [(self.name, k) for k in range(self.size)]
@@ -191,9 +198,16 @@ def _weight_layer(ix: _GraphIndex, i: int) -> Layer | None:
         return Layer(name, op, "linear", n, w, 1, axis, b, name if b else None, 2 if b else None)
     if op == "MatMul":
         w = ix.initializer(node.input[1])
+        reader, slot, axis = None, 1, 1
+        if w is None and node.input[1] in ix.producer:  # B = Transpose(W): legacy export, no folding
+            tr = ix.graph.node[ix.producer[node.input[1]]]
+            perm = next((list(a.ints) for a in tr.attribute if a.name == "perm"), [1, 0])
+            if tr.op_type == "Transpose" and perm == [1, 0]:
+                w = ix.initializer(tr.input[0])
+                reader, slot, axis = ix.names[ix.producer[node.input[1]]], 0, 0
         if w is None or len(ix.dims(w)) != 2:
             return None
-        n = ix.dims(w)[1]
+        n = ix.dims(w)[axis]
         b = bias_node = bias_input = None
         nxt = ix.only_consumer(node.output[0])
         if nxt is not None and ix.graph.node[nxt].op_type == "Add":
@@ -202,7 +216,7 @@ def _weight_layer(ix: _GraphIndex, i: int) -> Layer | None:
                 cand = ix.initializer(inp)
                 if inp != node.output[0] and cand is not None and ix.dims(cand) == [n]:
                     b, bias_node, bias_input = cand, ix.names[nxt], j
-        return Layer(name, op, "linear", n, w, 1, 1, b, bias_node, bias_input)
+        return Layer(name, op, "linear", n, w, slot, axis, b, bias_node, bias_input, weight_node=reader)
     if op == "BatchNormalization":
         s = ix.initializer(node.input[1])
         if s is None:

@@ -56,9 +56,7 @@ def perturbation_probe(ex: OnnxExecutor, inventory: NeuronInventory, x: torch.Te
                     g_x += b
                 mod.delta.requires_grad_(False)
                 mod.xi.requires_grad_(False)
-                with torch.no_grad():
-                    mod.delta.add_(step * g_d.sign()).clamp_(-eps, eps)
-                    mod.xi.add_(step * g_x.sign()).clamp_(-eps, eps)
+                mod.signed_step(g_d, g_x, step, eps)
                 if callback is not None:
                     callback()
             with torch.no_grad():

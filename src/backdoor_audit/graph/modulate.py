@@ -86,6 +86,13 @@ class Modulation:
     def __exit__(self, *exc) -> None:
         self.remove()
 
+    def signed_step(self, g_delta: torch.Tensor, g_xi: torch.Tensor, step: float, eps: float) -> None:
+        """Ascend delta and xi by ``step`` along the gradients' signs, then project onto
+        [-eps, eps] (ANP Alg. 1 lines 6-9; the probe's PGD steps)."""
+        with torch.no_grad():
+            self.delta.add_(step * g_delta.sign()).clamp_(-eps, eps)
+            self.xi.add_(step * g_xi.sign()).clamp_(-eps, eps)
+
     # -- views ------------------------------------------------------------------------------
     def per_layer(self, flat: torch.Tensor) -> dict[str, np.ndarray]:
         """Split a flat per-neuron tensor into ``{layer name: array}``."""

@@ -9,7 +9,7 @@ tied together by residual Adds and Concats, and the classifier head.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -262,12 +262,12 @@ def build_inventory(model: onnx.ModelProto) -> NeuronInventory:
             out = ix.graph.node[ix.names.index(layer.bias_node)].output[0]
         nxt = ix.only_consumer(out)
         if nxt is not None and nxt in by_node and by_node[nxt].kind == "bn":
-            by_node[i] = _replace(layer, bn=by_node[nxt].name)
-            by_node[nxt] = _replace(by_node[nxt], normalises=layer.name)
+            by_node[i] = replace(layer, bn=by_node[nxt].name)
+            by_node[nxt] = replace(by_node[nxt], normalises=layer.name)
     # the head: linear layers whose output reaches a graph output through no other weight layer
     for i, layer in list(by_node.items()):
         if layer.kind == "linear" and _reaches_output(ix, i, by_node):
-            by_node[i] = _replace(layer, head=True)
+            by_node[i] = replace(layer, head=True)
     couplings = []
     for i, node in enumerate(ix.graph.node):
         if node.op_type in ("Add", "Sum") and sum(not ix.is_constant(t) for t in node.input) >= 2:
@@ -310,12 +310,6 @@ def _reaches_output(ix: _GraphIndex, start: int, by_node: dict[int, Layer]) -> b
                 continue  # another weight layer stands between this one and the output
             stack.extend(ix.graph.node[i].output)
     return False
-
-
-def _replace(layer: Layer, **kw) -> Layer:
-    from dataclasses import replace
-
-    return replace(layer, **kw)
 
 
 def weight_view_shape(layer: Layer, ndim: int) -> list[int]:

@@ -73,9 +73,7 @@ def optimize_masks(ctx: RepairContext, *, eps: float, alpha: float, lr: float, m
                         g_delta, g_xi = torch.autograd.grad(loss, [mod.delta, mod.xi])
                         mod.delta.requires_grad_(False)
                         mod.xi.requires_grad_(False)
-                        with torch.no_grad():
-                            mod.delta.add_(eps / steps * g_delta.sign()).clamp_(-eps, eps)
-                            mod.xi.add_(eps / steps * g_xi.sign()).clamp_(-eps, eps)
+                        mod.signed_step(g_delta, g_xi, eps / steps, eps)
                     loss_rob = F.cross_entropy(ex(xb), yb)
                 else:
                     loss_rob = torch.zeros((), device=xb.device)

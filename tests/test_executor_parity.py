@@ -53,9 +53,8 @@ def test_logits_match_onnxruntime(exported, mnist_images, cifar_images):
     x = _images(shape, mnist_images, cifar_images)
     ex = load_executor(path, device="cpu")
     sess = make_session(path)
-    b = sess.get_inputs()[0].shape[0]
-    ref = run_logits(sess, x, batch_size=b if isinstance(b, int) else 256) if isinstance(b, str) or b is None \
-        else np.concatenate([sess.run(None, {"input": x[i:i + b]})[0] for i in range(0, len(x), b)])
+    ref = run_logits(sess, x[:15])  # 15: a fixed-batch export (2) gets a padded last batch
+    x = x[:15]
     with torch.no_grad():
         got = ex(torch.from_numpy(x)).numpy()
     assert got.shape == ref.shape

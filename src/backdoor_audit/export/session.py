@@ -66,7 +66,11 @@ def make_session(path: str | os.PathLike, providers: list[str] | None = None) ->
 def run_logits(
     session: ort.InferenceSession, x_model_input: np.ndarray, batch_size: int = 256, progress: bool = False
 ) -> np.ndarray:
-    """Run the model on ``x_model_input`` (already preprocessed) in batches; return the first output."""
+    """Run the model on ``x_model_input`` (already preprocessed) in batches; return the first output.
+
+    A model exported with a fixed batch size runs in batches of exactly that size, the last one
+    padded and its padding dropped from the result.
+    """
     inputs = session.get_inputs()
     if len(inputs) != 1:
         names = ", ".join(i.name for i in inputs)
@@ -75,6 +79,9 @@ def run_logits(
     x = np.ascontiguousarray(x_model_input, dtype=np.float32)
     if batch_size <= 0:
         raise ModelError(f"batch size must be positive, got {batch_size}")
+    fixed = inputs[0].shape[0] if inputs[0].shape else None
+    if isinstance(fixed, int) and fixed > 0:
+        batch_size = fixed
     starts = range(0, len(x), batch_size)
     if progress:
         from tqdm import tqdm
@@ -83,8 +90,11 @@ def run_logits(
     outputs = []
     for start in starts:
         batch = x[start : start + batch_size]
+        n = len(batch)
+        if isinstance(fixed, int) and fixed > 0 and n < fixed:
+            batch = np.concatenate([batch, np.repeat(batch[:1], fixed - n, axis=0)])
         try:
-            outputs.append(session.run(None, {name: batch})[0])
+            outputs.append(session.run(None, {name: batch})[0][:n])
         except Exception as exc:  # onnxruntime raises its own pybind exception types
             raise ModelError(
                 f"onnxruntime failed on input {name!r} with a batch of shape {list(batch.shape)}: {_first_line(exc)}"

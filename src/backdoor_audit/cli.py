@@ -35,6 +35,9 @@ def handle_errors(fn):
             _fail(str(exc))
         except KeyboardInterrupt:
             _fail("interrupted")
+        except BrokenPipeError:  # `audit ... | head`: the reader left; end quietly as Unix tools do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(141)
         except Exception as exc:  # noqa: BLE001  (never a bare traceback for the user)
             if os.environ.get("AUDIT_DEBUG"):
                 traceback.print_exc()

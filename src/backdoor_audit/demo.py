@@ -15,8 +15,9 @@ from .attacks.run import run_attack
 from .attacks.spec import AttackSpec
 from .audit.evaluate import EvalResult, evaluate
 from .audit.scan import ScanReport, scan_model
-from .data import demo_sample_path, fit_preprocess, load_images
-from .graph.load import input_dims, load_model, metadata
+from .data import demo_sample_path, load_images
+from .graph.load import load_model
+from .graph.model import model_preprocess
 from .repair.run import RepairReport, repair_model
 
 DEMO_SPEC = dict(attack="badnets", mode="all-to-one", target=0, num_classes=10,
@@ -56,8 +57,7 @@ def run_demo(out_dir, *, epochs: int = 15, lr: float = 0.05, anp_iterations: int
                        progress=progress)
     say("validate both files under onnxruntime on the test images")
     test = load_images(sample, split="test")
-    proto = load_model(suspect)
-    pre = fit_preprocess(test, input_dims(proto), metadata=metadata(proto))
+    pre = model_preprocess(load_model(suspect), test)
     before = evaluate(suspect, test, pre, spec)
     after = evaluate(rep.out_path, test, pre, spec)
     return DemoResult(str(suspect), rep.out_path, before, after, scan, rep, summary["train_seconds"],

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from ..attacks.spec import load_spec
-from ..data import ImageSet, fit_preprocess
-from ..graph.load import image_input, input_dims, load_model, metadata
+from ..data import ImageSet
+from ..graph.load import load_model
+from ..graph.model import model_preprocess
 from .evaluate import evaluate
 
 
@@ -30,8 +31,7 @@ def validate_model(model_path, images: ImageSet, attack=None, layout=None, mean=
                    min_acc: float | None = None, max_asr: float | None = None) -> ValidateResult:
     proto = load_model(model_path)
     spec = load_spec(attack) if attack else None
-    pre = fit_preprocess(images, input_dims(proto), layout=layout, mean=mean, std=std,
-                         metadata=metadata(proto), input_name=image_input(proto).name)
+    pre = model_preprocess(proto, images, layout=layout, mean=mean, std=std)
     res = evaluate(model_path, images, pre, spec)
     messages, passed = [], True
     if min_acc is not None:

@@ -21,15 +21,11 @@ class OpenedModel:
     proto: onnx.ModelProto
     executor: OnnxExecutor
     inventory: NeuronInventory
-    metadata: dict[str, str]
-    input_name: str
-    input_dims: list
     sha256: str
 
     def preprocess_for(self, images: ImageSet, layout=None, mean=None, std=None) -> Preprocess:
         """Check that ``images`` fit the model input (DataError otherwise) and pick preprocessing."""
-        return fit_preprocess(images, self.input_dims, layout=layout, mean=mean, std=std,
-                              metadata=self.metadata, input_name=self.input_name)
+        return model_preprocess(self.proto, images, layout=layout, mean=mean, std=std)
 
     def tensors(self, images: ImageSet, pre: Preprocess) -> tuple[torch.Tensor, torch.Tensor]:
         """Model-ready inputs and labels on the executor's device."""
@@ -38,12 +34,18 @@ class OpenedModel:
         return x, torch.from_numpy(images.y.astype(np.int64)).to(dev)
 
 
+def model_preprocess(proto: onnx.ModelProto, images: ImageSet, layout=None, mean=None, std=None) -> Preprocess:
+    """Preprocessing for feeding ``images`` to ``proto``'s input: explicit options, else the
+    model's metadata, else its input shape; DataError before any work when they do not fit."""
+    return fit_preprocess(images, input_dims(proto), layout=layout, mean=mean, std=std,
+                          metadata=metadata(proto), input_name=image_input(proto).name)
+
+
 def open_model(path, device=None) -> OpenedModel:
     path = Path(path)
     proto = load_model(path)
     ex = OnnxExecutor(proto, source=str(path)).to(pick_device(device))
-    return OpenedModel(path, proto, ex, build_inventory(proto), metadata(proto),
-                       image_input(proto).name, input_dims(proto), sha256_file(path))
+    return OpenedModel(path, proto, ex, build_inventory(proto), sha256_file(path))
 
 
 def predict(executor: OnnxExecutor, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:

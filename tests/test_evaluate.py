@@ -10,6 +10,7 @@ import pytest
 
 from backdoor_audit.attacks import AttackSpec, get_attack, load_spec
 from backdoor_audit.attacks.run import TRAINING_KEY, run_attack
+from backdoor_audit.attacks.train import TrainSettings
 from backdoor_audit.attacks.train import predict
 from backdoor_audit.audit.evaluate import evaluate
 from backdoor_audit.data import ImageSet, Preprocess, defender_split, demo_sample_path, fit_preprocess, load_images
@@ -27,8 +28,8 @@ def trained(tmp_path_factory):
     train = load_images(demo_sample_path(), split="train").subset(slice(0, 2000))
     test = load_images(demo_sample_path(), split="test").subset(slice(0, 500))
     summary = run_attack(
-        "mnist-cnn", train, SPEC, out / "m.onnx", epochs=2, batch_size=32, lr=0.05, test_data=test,
-        clean_holdout=50, clean_out=out / "clean.npz", seed=1,
+        "mnist-cnn", train, SPEC, out / "m.onnx", TrainSettings(epochs=2, batch_size=32, lr=0.05, seed=1),
+        test_data=test, clean_holdout=50, clean_out=out / "clean.npz",
     )  # fmt: skip
     return summary, train, test
 

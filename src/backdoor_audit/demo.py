@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .attacks.run import run_attack
+from .attacks.train import TrainSettings
 from .attacks.spec import AttackSpec
 from .audit.evaluate import EvalResult, evaluate
 from .audit.scan import ScanReport, scan_model
@@ -46,8 +47,9 @@ def run_demo(out_dir, *, epochs: int = 15, lr: float = 0.05, anp_iterations: int
     sample = demo_sample_path()
     spec = AttackSpec(**DEMO_SPEC)
     say("train a BadNets model on the attacker's share and export it to ONNX")
-    summary = run_attack("mnist-cnn", sample, spec, out / "suspect.onnx", epochs=epochs, lr=lr,
-                         clean_holdout=n_clean, clean_out=out / "clean.npz", progress=progress)
+    settings = TrainSettings(epochs=epochs, lr=lr, progress=progress)
+    summary = run_attack("mnist-cnn", sample, spec, out / "suspect.onnx", settings,
+                         clean_holdout=n_clean, clean_out=out / "clean.npz")
     suspect = Path(summary["model"])
     clean = load_images(out / "clean.npz")
     say("scan the suspect model with the defender's clean images")

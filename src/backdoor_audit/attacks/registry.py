@@ -1,7 +1,13 @@
 """Attack registry and the base class every attack implements.
 
-An attack turns clean images into triggered ones (``apply``) and builds a poisoned training set
-(``poison``). Register one with ``@register_attack("name")`` on an :class:`Attack` subclass.
+An attack turns clean images into triggered ones (``apply``), builds a poisoned training set
+(``poison``) and trains a model on it (``train``). Register one with ``@register_attack("name")``
+on an :class:`Attack` subclass; import its module in ``attacks/__init__.py``.
+
+Attacks that learn their trigger (TrojanNN, input-aware) or need a surrogate model (label-consistent)
+override ``train``; whatever ``apply`` needs at test time must end up in ``self.params``, which
+``run_attack`` records in the model's attack spec. Attacks that change the trained model without
+changing its function (BN re-parameterisation) override ``finalize``.
 """
 
 from __future__ import annotations
@@ -10,10 +16,12 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
+from torch import nn
 
 from ..data.images import ImageSet
 from ..errors import SpecError
 from .spec import AttackSpec
+from .train import TrainSettings, train_classifier
 
 _ATTACKS: dict[str, type["Attack"]] = {}
 
@@ -28,6 +36,10 @@ class Attack:
     name: ClassVar[str] = ""
     PARAMS: ClassVar[dict[str, tuple[Any, str]]] = {}
     dirty_label: ClassVar[bool] = True
+    #: the model must be exported with its BatchNormalization nodes kept (the attack lives in them)
+    needs_batchnorm: ClassVar[bool] = False
+    #: one line for ``audit attack --list``
+    summary: ClassVar[str] = ""
 
     def __init__(self, spec: AttackSpec) -> None:
         unknown = sorted(set(spec.params) - set(self.PARAMS))
@@ -44,26 +56,51 @@ class Attack:
         """Return triggered copies of float32 NCHW images in [0, 1] (deterministic given the spec)."""
         raise NotImplementedError
 
-    def poison(self, images: ImageSet, spec: AttackSpec | None = None) -> tuple[ImageSet, np.ndarray]:
+    def eligible(self, y: np.ndarray) -> np.ndarray:
+        """Which training images may be poisoned: non-target ones (all-to-one), all (all-to-all),
+        or, for clean-label attacks, the target class's own images."""
+        if not self.dirty_label:
+            if self.spec.mode != "all-to-one":
+                raise SpecError(f"{self.spec.attack} is a clean-label attack and needs mode all-to-one")
+            return np.asarray(y) == self.spec.target
+        return self.spec.asr_mask(y)
+
+    def poison_indices(self, y: np.ndarray) -> np.ndarray:
+        """Sorted positions of the ``round(rate * n_eligible)`` seeded-random images to poison."""
+        eligible = np.flatnonzero(self.eligible(y))
+        n_poison = int(round(self.spec.rate * len(eligible)))
+        rng = np.random.default_rng(self.spec.seed)
+        return np.sort(rng.choice(eligible, size=n_poison, replace=False)) if n_poison else eligible[:0]
+
+    def poison(self, images: ImageSet) -> tuple[ImageSet, np.ndarray]:
         """Poison ``round(rate * n_eligible)`` seeded-random eligible images; return (set, indices).
 
-        Eligible images are the non-target ones (all-to-one) or all (all-to-all). The returned
-        set is a copy; poisoned images carry the trigger and, for dirty-label attacks, the
-        target label. Indices are sorted positions in ``images``.
+        The returned set is a copy; poisoned images carry the trigger and, for dirty-label
+        attacks, the target label. Indices are sorted positions in ``images``.
         """
-        spec = spec or self.spec
         self.check_shape(images.shape)
-        eligible = np.flatnonzero(spec.asr_mask(images.y))
-        n_poison = int(round(spec.rate * len(eligible)))
-        rng = np.random.default_rng(spec.seed)
-        idx = np.sort(rng.choice(eligible, size=n_poison, replace=False)) if n_poison else eligible[:0]
+        idx = self.poison_indices(images.y)
         x = images.x.copy()
         y = images.y.copy()
-        if n_poison:
+        if len(idx):
             x[idx] = self.apply(x[idx])
             if self.dirty_label:
-                y[idx] = spec.target_labels(y[idx])
+                y[idx] = self.spec.target_labels(y[idx])
         return ImageSet(x=x, y=y, classes=images.classes, source=images.source), idx
+
+    def train(self, model: nn.Module, clean: ImageSet, settings: TrainSettings) -> dict[str, Any]:
+        """Poison the attacker's clean training set and train ``model`` on it, in place.
+
+        Returns the training log (see ``train_classifier``) with ``n_poisoned`` added.
+        """
+        poisoned, idx = self.poison(clean)
+        log = train_classifier(model, poisoned, **settings.kwargs())
+        log["n_poisoned"] = int(len(idx))
+        return log
+
+    def finalize(self, model: nn.Module, clean: ImageSet, settings: TrainSettings) -> nn.Module:
+        """Last change to the trained model before export (default: none)."""
+        return model
 
 
 def register_attack(name: str) -> Callable[[type[Attack]], type[Attack]]:
@@ -90,7 +127,9 @@ def list_attacks() -> list[tuple[str, str]]:
     """(name, description of params with their defaults) for every registered attack."""
     out = []
     for name in sorted(_ATTACKS):
-        params = _ATTACKS[name].PARAMS
-        desc = "; ".join(f"{k}={default} ({help_})" for k, (default, help_) in params.items())
-        out.append((name, desc or "no parameters"))
+        cls = _ATTACKS[name]
+        desc = "; ".join(f"{k}={default} ({help_})" for k, (default, help_) in cls.PARAMS.items())
+        kind = "dirty-label" if cls.dirty_label else "clean-label"
+        head = f"{cls.summary} [{kind}]" if cls.summary else f"[{kind}]"
+        out.append((name, f"{head}; params: {desc or 'none'}"))
     return out

@@ -29,64 +29,63 @@ from ..export.from_torch import export_torch_model
 from ..models import build_model
 from .registry import Attack, get_attack
 from .spec import ATTACK_SPEC_KEY, AttackSpec
-from .train import predict, train_classifier
+from .train import TrainSettings, predict, train_classifier
 
 TRAINING_KEY = "backdoor_audit.training"
+CLEAN = "clean"  # the name that trains a model without an attack
 
 
 def run_attack(
     arch: str,
     data: str | os.PathLike | ImageSet,
-    spec: AttackSpec,
+    spec: AttackSpec | None,
     out_path: str | os.PathLike,
+    settings: TrainSettings,
     *,
-    epochs: int,
-    batch_size: int = 128,
-    lr: float = 0.01,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    schedule: str = "cosine",
-    augment: str | None = None,
     test_data: str | os.PathLike | ImageSet | None = None,
     clean_holdout: int = 0,
     clean_out: str | os.PathLike | None = None,
-    seed: int = 0,
     split_seed: int = 0,
     attacker_share: float = 0.9,
     dynamo: bool = True,
     keep_batchnorm: bool = False,
-    device: str | None = None,
     cache_dir: str | os.PathLike | None = None,
-    progress: bool = False,
 ) -> dict[str, Any]:
-    """Train ``arch`` on the attacker's poisoned share of ``data`` and export it to ``out_path``.
+    """Train ``arch`` on the attacker's share of ``data`` (poisoned by ``spec``) and export it to ``out_path``.
 
-    ``data`` is a path (its "train" split is used when it has splits) or an ImageSet; the test
-    split (or ``test_data``) gives the in-torch ACC/ASR of the summary. ``clean_holdout`` is the
-    number of defender images drawn from the pool the attacker never saw; ``clean_out`` writes
-    them to an .npz (keys x uint8 NCHW, y). ``seed`` seeds weight init and training,
-    ``split_seed`` the attacker/defender split, ``spec.seed`` the poisoned images.
-    Returns a summary dict (paths, counts, acc/asr in %, seconds, defender indices).
+    ``spec`` None trains a clean model (no attack spec in its metadata). ``data`` is a path (its
+    "train" split is used when it has splits) or an ImageSet; the test split (or ``test_data``)
+    gives the in-torch ACC/ASR of the summary. ``clean_holdout`` is the number of defender images
+    drawn from the pool the attacker never saw; ``clean_out`` writes them to an .npz (keys x uint8
+    NCHW, y). ``settings.seed`` seeds weight init and training, ``split_seed`` the
+    attacker/defender split, ``spec.seed`` the poisoned images. Returns a summary dict (paths,
+    counts, acc/asr in %, seconds, defender indices).
     """
     train_set, test_set = _load_sets(data, test_data, cache_dir)
-    if spec.num_classes != train_set.num_classes:
-        raise SpecError(
-            f"attack spec says {spec.num_classes} classes but data {train_set.source} has {train_set.num_classes}"
-        )
-    attack = get_attack(spec)
-    attack.check_shape(train_set.shape)
-    spec = dataclasses.replace(spec, params=dict(attack.params))  # record resolved defaults too
+    attack = None
+    if spec is not None:
+        if spec.num_classes != train_set.num_classes:
+            raise SpecError(
+                f"attack spec says {spec.num_classes} classes but data {train_set.source} has {train_set.num_classes}"
+            )
+        attack = get_attack(spec)
+        attack.check_shape(train_set.shape)
+        keep_batchnorm = keep_batchnorm or attack.needs_batchnorm
     attacker_idx, defender_idx = defender_split(len(train_set), clean_holdout, split_seed, attacker_share)
-    poisoned, poisoned_idx = attack.poison(train_set.subset(attacker_idx), spec)
+    attacker_set = train_set.subset(attacker_idx)
 
-    torch.manual_seed(seed)
-    model = build_model(arch, train_set.shape, spec.num_classes)
-    log = train_classifier(
-        model, poisoned, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
-        weight_decay=weight_decay, schedule=schedule, seed=seed, device=device, augment=augment,
-        progress=progress,
-    )  # fmt: skip
-    acc, asr = (None, None) if test_set is None else torch_acc_asr(model, test_set, attack, spec)
+    torch.manual_seed(settings.seed)
+    model = build_model(arch, train_set.shape, train_set.num_classes)
+    if attack is None:
+        log = train_classifier(model, attacker_set, **settings.kwargs())
+        log["n_poisoned"] = 0
+    else:
+        log = attack.train(model, attacker_set, settings)
+        model = attack.finalize(model, attacker_set, settings)
+        spec = dataclasses.replace(spec, params=dict(attack.params))  # resolved defaults and learnt triggers
+    acc, asr = (None, None)
+    if test_set is not None:
+        acc, asr = torch_acc_asr(model, test_set, attack)
 
     training = {
         "tool": f"backdoor-audit {__version__}",
@@ -95,23 +94,25 @@ def run_attack(
         "in_shape": list(train_set.shape),
         "n_total": len(train_set),
         "n_train": len(attacker_idx),
-        "n_poisoned": len(poisoned_idx),
+        "n_poisoned": log["n_poisoned"],
         "defender": {"split_seed": split_seed, "attacker_share": attacker_share, "n_clean": clean_holdout},
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "optimizer": {"name": "sgd", "lr": lr, "momentum": momentum, "weight_decay": weight_decay},
-        "schedule": schedule,
-        "augment": augment,
-        "seed": seed,
+        "epochs": settings.epochs,
+        "batch_size": settings.batch_size,
+        "optimizer": {"name": "sgd", "lr": settings.lr, "momentum": settings.momentum,
+                      "weight_decay": settings.weight_decay},
+        "schedule": settings.schedule,
+        "augment": settings.augment,
+        "seed": settings.seed,
         "seconds": round(log["seconds"], 1),
         "final_loss": round(log["loss"][-1], 5),
         "torch": torch.__version__,
     }
     metadata = {
-        ATTACK_SPEC_KEY: spec.to_json(),
         PREPROCESS_KEY: Preprocess(layout="NCHW").to_json(),
         TRAINING_KEY: json.dumps(training, sort_keys=True),
     }
+    if spec is not None:
+        metadata[ATTACK_SPEC_KEY] = spec.to_json()
     t0 = time.perf_counter()
     path = export_torch_model(model, train_set.shape, out_path, metadata, dynamo=dynamo, keep_batchnorm=keep_batchnorm)
     export_seconds = time.perf_counter() - t0
@@ -120,9 +121,10 @@ def run_attack(
     return {
         "model": str(path),
         "arch": arch,
-        "attack": spec.attack,
+        "attack": None if spec is None else spec.attack,
+        "spec": spec,
         "n_train": len(attacker_idx),
-        "n_poisoned": int(len(poisoned_idx)),
+        "n_poisoned": int(log["n_poisoned"]),
         "n_clean": int(len(defender_idx)),
         "defender_idx": defender_idx,
         "clean_out": None if clean_out is None else str(clean_out),
@@ -136,9 +138,12 @@ def run_attack(
     }
 
 
-def torch_acc_asr(model: torch.nn.Module, images: ImageSet, attack: Attack, spec: AttackSpec) -> tuple[float, float | None]:
-    """Clean accuracy and attack success rate (both in %) of a torch model on ``images``."""
+def torch_acc_asr(model: torch.nn.Module, images: ImageSet, attack: Attack | None) -> tuple[float, float | None]:
+    """Clean accuracy and attack success rate (both in %, ASR None without an attack) on ``images``."""
     acc = float((predict(model, images.x).argmax(1) == images.y).mean() * 100.0)
+    if attack is None:
+        return acc, None
+    spec = attack.spec
     mask = spec.asr_mask(images.y)
     if not mask.any():
         return acc, None
@@ -187,15 +192,23 @@ def run_named_attack(
     attack_seed: int = 0,
     test_data: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
-    **train: Any,
+    **options: Any,
 ) -> dict[str, Any]:
-    """Build the spec from the data's class count and run ``run_attack`` (what `audit attack` does)."""
+    """Build the spec from the data's class count and run ``run_attack`` (what `audit attack` does).
+
+    ``name`` "clean" trains a model without an attack. ``options`` are ``run_attack``'s keyword
+    options plus the fields of :class:`TrainSettings`.
+    """
     from ..models import list_models
 
     if arch not in list_models():
         raise SpecError(f"unknown architecture {arch!r}; known: {', '.join(list_models())}")
+    fields = {f.name for f in dataclasses.fields(TrainSettings)}
+    settings = TrainSettings(**{k: options.pop(k) for k in list(options) if k in fields})
     train_set, test_set = _load_sets(data, test_data, cache_dir)
-    spec = AttackSpec(name, mode, None if mode == "all-to-all" else target, train_set.num_classes,
-                      dict(params or {}), attack_seed, rate)
-    get_attack(spec).check_shape(train_set.shape)
-    return run_attack(arch, train_set, spec, out_path, test_data=test_set, **train)
+    spec = None
+    if name != CLEAN:
+        spec = AttackSpec(name, mode, None if mode == "all-to-all" else target, train_set.num_classes,
+                          dict(params or {}), attack_seed, rate)
+        get_attack(spec).check_shape(train_set.shape)
+    return run_attack(arch, train_set, spec, out_path, settings, test_data=test_set, **options)

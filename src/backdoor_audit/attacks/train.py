@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,26 @@ from ..errors import DataError, SpecError
 
 SCHEDULES = ("cosine", "onecycle", "constant")
 AUGMENTS = ("crop-flip",)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How a model is trained: the keyword arguments of :func:`train_classifier`, as one value."""
+
+    epochs: int
+    batch_size: int = 128
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    augment: str | None = None
+    seed: int = 0
+    device: str | None = None
+    progress: bool = False
+
+    def kwargs(self, **override: Any) -> dict[str, Any]:
+        """Keyword arguments for ``train_classifier``, with ``override`` applied."""
+        return {**asdict(self), **override}
 
 
 def train_classifier(

@@ -341,5 +341,7 @@ def demo(out_dir, epochs, iterations):
                f"total {res.seconds:.0f} s)")
 
 
+from . import cli_zoo  # noqa: E402,F401  registers `audit zoo` (its own module: a second idea)
+
 if __name__ == "__main__":
     main()

@@ -29,6 +29,8 @@ PATCHES = ("square", "checkerboard")
 class BadNets(Attack):
     """Stamp a white square or a checkerboard patch at a fixed place."""
 
+    summary = "a 3x3 white square or checkerboard patch at a fixed place"
+
     PARAMS = {
         "patch": ("square", "square (white) or checkerboard (black/white)"),
         "size": (3, "patch side in pixels"),

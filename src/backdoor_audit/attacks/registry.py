@@ -119,8 +119,13 @@ def register_attack(name: str) -> Callable[[type[Attack]], type[Attack]]:
 def get_attack(spec: AttackSpec) -> Attack:
     """Instantiate the attack named by ``spec`` (validating its params)."""
     if spec.attack not in _ATTACKS:
-        raise SpecError(f"unknown attack {spec.attack!r}; known attacks: {', '.join(sorted(_ATTACKS))}")
+        raise SpecError(f"unknown attack {spec.attack!r}; known attacks: {', '.join(known_attacks())}")
     return _ATTACKS[spec.attack](spec)
+
+
+def known_attacks() -> list[str]:
+    """Names of the registered attacks, sorted."""
+    return sorted(_ATTACKS)
 
 
 def list_attacks() -> list[tuple[str, str]]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 import time
+from pathlib import Path
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -33,6 +35,7 @@ class TrainSettings:
     seed: int = 0
     device: str | None = None
     progress: bool = False
+    checkpoint: str | None = None
 
     def kwargs(self, **override: Any) -> dict[str, Any]:
         """Keyword arguments for ``train_classifier``, with ``override`` applied."""
@@ -53,6 +56,7 @@ def train_classifier(
     device: str | None = None,
     augment: str | None = None,
     progress: bool = False,
+    checkpoint: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` in place with SGD + cross-entropy; return a log and leave it in eval mode.
 
@@ -61,6 +65,11 @@ def train_classifier(
     it. ``augment`` "crop-flip" (for RGB data) takes random 4-px-padded crops and horizontal flips.
     Shuffling and augmentation are seeded with ``seed``; seed the weight init before building
     the model. The log holds the mean loss and training accuracy per epoch and the seconds taken.
+
+    ``checkpoint``: a file where the state after each epoch (model, optimiser, schedule, random
+    generators, log) is saved atomically; a later call with the same file and arguments resumes
+    after the last finished epoch and gives the same model as an uninterrupted run. The caller
+    deletes it when done.
     """
     if epochs < 1 or batch_size < 1:
         raise SpecError(f"epochs and batch size must be >= 1, got epochs={epochs}, batch_size={batch_size}")
@@ -82,30 +91,26 @@ def train_classifier(
     steps_per_epoch = math.ceil(len(images) / batch_size)
     total_steps = epochs * steps_per_epoch
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if schedule == "cosine":
-        sched: Any = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps)))
-    elif schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps)
-    else:
-        sched = None
+    sched = make_scheduler(opt, schedule, lr, total_steps)
 
-    log: dict[str, Any] = {"loss": [], "train_acc": [], "epochs": epochs, "steps": total_steps}
+    log: dict[str, Any] = {"loss": [], "train_acc": [], "epochs": epochs, "steps": total_steps, "resumed_at": 0}
+    first_epoch, seconds_before = 0, 0.0
+    if checkpoint is not None and Path(checkpoint).is_file():
+        first_epoch, seconds_before = _load_checkpoint(Path(checkpoint), model, opt, sched, rng, gen, log)
     start = time.perf_counter()
-    epoch_iter = range(epochs)
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=total_steps, desc="training", unit="step")
+        bar = tqdm(total=total_steps, initial=first_epoch * steps_per_epoch, desc="training", unit="step")
     model.train()
-    for _ in epoch_iter:
+    for epoch in range(first_epoch, epochs):
         order = torch.from_numpy(rng.permutation(len(images))).to(device)
         loss_sum, correct = 0.0, 0
         for b in range(steps_per_epoch):
             idx = order[b * batch_size : (b + 1) * batch_size]
             xb, yb = x_all[idx], y_all[idx]
-            if augment == "crop-flip":
-                xb = _crop_flip(xb, gen)
+            xb = augment_batch(xb, augment, gen)
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
             opt.zero_grad(set_to_none=True)
@@ -119,12 +124,65 @@ def train_classifier(
                 bar.update(1)
         log["loss"].append(loss_sum / len(images))
         log["train_acc"].append(100.0 * correct / len(images))
+        if checkpoint is not None and epoch + 1 < epochs:
+            _save_checkpoint(Path(checkpoint), epoch + 1, seconds_before + time.perf_counter() - start,
+                             model, opt, sched, rng, gen, log)
     if bar is not None:
         bar.close()
     model.eval()
-    log["seconds"] = time.perf_counter() - start
+    log["seconds"] = seconds_before + time.perf_counter() - start
     log["device"] = device
     return log
+
+
+def _save_checkpoint(path: Path, epochs_done: int, seconds: float, model: nn.Module, opt: Any, sched: Any,
+                     rng: np.random.Generator, gen: torch.Generator, log: dict[str, Any]) -> None:
+    state = {
+        "epochs_done": epochs_done,
+        "seconds": seconds,
+        "model": model.state_dict(),
+        "opt": opt.state_dict(),
+        "sched": None if sched is None else sched.state_dict(),
+        "numpy_rng": rng.bit_generator.state,
+        "torch_gen": gen.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "log": {k: log[k] for k in ("loss", "train_acc")},
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, model: nn.Module, opt: Any, sched: Any, rng: np.random.Generator,
+                     gen: torch.Generator, log: dict[str, Any]) -> tuple[int, float]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+    except Exception as exc:  # torch raises many types for a foreign or damaged file
+        raise DataError(f"cannot resume from checkpoint {path}: {str(exc).splitlines()[0]}") from None
+    if sched is not None and state["sched"] is not None:
+        sched.load_state_dict(state["sched"])
+    rng.bit_generator.state = state["numpy_rng"]
+    gen.set_state(state["torch_gen"])
+    torch.set_rng_state(state["torch_rng"])
+    log.update(state["log"], resumed_at=int(state["epochs_done"]))
+    return int(state["epochs_done"]), float(state["seconds"])
+
+
+def make_scheduler(opt: torch.optim.Optimizer, schedule: str, lr: float, total_steps: int) -> Any:
+    """The per-step learning-rate scheduler of ``schedule`` for ``opt`` (None for "constant")."""
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps)))
+    if schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps)
+    return None
+
+
+def augment_batch(x: torch.Tensor, augment: str | None, gen: torch.Generator) -> torch.Tensor:
+    """The batch ``x`` augmented as ``augment`` says ("crop-flip" or None), drawing from ``gen``."""
+    return _crop_flip(x, gen) if augment == "crop-flip" else x
 
 
 def predict(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:

@@ -1,0 +1,392 @@
+"""Input-aware dynamic backdoor (IAB; Nguyen & Tran, NeurIPS 2020): every image gets its own trigger.
+
+Two small conv encoder-decoders make, for an image x, a pattern ``G(x)`` (C channels in [0, 1])
+and a mask ``m(x) = threshold(M(x))`` (one channel, nearly binary); the triggered image is
+``x + m(x) * (G(x) - x)``. As in the authors' code (input-aware-backdoor-attack-release):
+
+1. The mask generator is pre-trained alone (``mask_steps`` batches, Adam lr 0.01, betas 0.5/0.9,
+   lr x0.1 after 40% and 80% of its steps, like their milestones 10 and 20 of 25 epochs) on
+   ``lambda_norm * mean(relu(m(x) - mask_density)) + lambda_div * diversity``, then frozen.
+2. Classifier and pattern generator are trained together. In each (augmented) batch a ``rate``
+   share of the eligible images carries its own trigger and the backdoor label; a ``p_cross``
+   share carries the trigger made for another image (from a second shuffled batch) and keeps its
+   true label; the rest stay clean. Loss: cross-entropy + ``lambda_div * mean(|x1 - x2| /
+   |G(x1) - G(x2)|)`` (the diversity term: different images, different triggers). The classifier
+   uses SGD with the TrainSettings' lr, momentum, weight decay and schedule; the generator Adam.
+
+Deviations, for CPU budgets: the generators default to the authors' MNIST size (16 channels, 2
+down/up steps, ~42k weights each) for every dataset (theirs for CIFAR: 32 channels, 3 steps), and
+the mask pre-training to 500 steps instead of 25 epochs (the mask reaches its ~3% density in
+100-150 steps on MNIST); the authors never zero the generator's gradients (they accumulate),
+here they are zeroed every step; image pairs that happen to be the same image are left out of the
+diversity loss (0/0). ``settings.checkpoint`` is not used (the run is not resumable).
+
+After training the generators' weights (float32, BatchNorm running statistics included) are
+stored in ``params["generator"]`` as a base64 .npz, so ``apply`` rebuilds them from the spec alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import time
+import zipfile
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.images import ImageSet
+from ..errors import DataError, SpecError
+from .registry import Attack, register_attack
+from .train import AUGMENTS, SCHEDULES, TrainSettings, _check_label_range, augment_batch, make_scheduler
+
+_EPS = 1e-7
+_CHUNK = 256  # images triggered at once by ``apply``
+
+
+class _Block(nn.Sequential):
+    """3x3 conv, BatchNorm (momentum 0.05 as the authors'), optional ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, relu: bool = True) -> None:
+        layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out, momentum=0.05)]
+        if relu:
+            layers.append(nn.ReLU())
+        super().__init__(*layers)
+
+
+class TriggerGenerator(nn.Module):
+    """The authors' generator: ``depth`` (2 conv blocks + 2x max-pool) steps down, a middle block,
+    ``depth`` (upsample + 2 conv blocks) steps up, then ``tanh / 2 + 0.5``. Upsampling goes back
+    to the exact sizes of the way down, so any image size >= 2**depth works."""
+
+    def __init__(self, in_channels: int, out_channels: int, channels: int = 16, depth: int = 2) -> None:
+        super().__init__()
+        self.down = nn.ModuleList()
+        c_cur, c_next = in_channels, channels
+        for step in range(depth):
+            self.down.append(nn.Sequential(_Block(c_cur, c_next), _Block(c_next, c_next)))
+            c_cur = c_next
+            if step < depth - 1:
+                c_next *= 2
+        self.middle = _Block(c_cur, c_cur)
+        self.up = nn.ModuleList()
+        for step in range(depth):
+            last = step == depth - 1
+            c_out = out_channels if last else c_cur // 2
+            self.up.append(nn.Sequential(_Block(c_cur, c_cur), _Block(c_cur, c_out, relu=not last)))
+            c_cur = c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sizes = []
+        for block in self.down:
+            x = block(x)
+            sizes.append(tuple(x.shape[-2:]))
+            x = F.max_pool2d(x, 2)
+        x = self.middle(x)
+        for block, size in zip(self.up, reversed(sizes)):
+            x = block(F.interpolate(x, size=size, mode="bilinear", align_corners=False))
+        return torch.tanh(x) / (2 + _EPS) + 0.5
+
+
+def _threshold(m: torch.Tensor) -> torch.Tensor:
+    """The authors' soft binarisation of the mask generator's output."""
+    return torch.tanh(m * 20 - 10) / (2 + _EPS) + 0.5
+
+
+def triggered(x: torch.Tensor, source: torch.Tensor, pattern_net: nn.Module, mask_net: nn.Module) -> torch.Tensor:
+    """``x`` carrying the trigger made for ``source`` (pass ``x`` itself for the backdoor)."""
+    mask = _threshold(mask_net(source))
+    return x + (pattern_net(source) - x) * mask
+
+
+@register_attack("input-aware")
+class InputAware(Attack):
+    """A trigger generator trained jointly with the classifier: each image gets its own pattern and mask."""
+
+    summary = "input-aware dynamic trigger: a generator trained with the model makes each image's pattern and mask"
+    PARAMS = {
+        "p_cross": (0.1, "share of each batch given another image's trigger, keeping its label"),
+        "lambda_div": (1.0, "weight of the diversity loss"),
+        "lambda_norm": (100.0, "weight of the mask density loss in mask pre-training"),
+        "mask_density": (0.032, "mask share allowed before the density loss applies"),
+        "mask_steps": (500, "Adam steps of mask-generator pre-training (the authors: 25 epochs)"),
+        "lr_g": (0.01, "Adam learning rate of the generators"),
+        "channels": (16, "generator width (channels of its first block)"),
+        "depth": (2, "generator down/up-sampling steps"),
+        "generator": ("", "set by training: the generators' weights (base64 .npz)"),
+    }
+
+    def __init__(self, spec: Any) -> None:
+        super().__init__(spec)
+        p = self.params
+        self.p_cross = _number(p["p_cross"], "p_cross", 0.0, 1.0)
+        if self.p_cross + spec.rate > 1.0:
+            raise SpecError(f"input-aware rate {spec.rate} + p_cross {self.p_cross} exceed 1")
+        self.lambda_div = _number(p["lambda_div"], "lambda_div", 0.0, 1e6)
+        self.lambda_norm = _number(p["lambda_norm"], "lambda_norm", 0.0, 1e6)
+        self.mask_density = _number(p["mask_density"], "mask_density", 0.0, 1.0)
+        self.lr_g = _number(p["lr_g"], "lr_g", 0.0, 10.0)
+        if self.lr_g <= 0.0:
+            raise SpecError(f"input-aware lr_g must be positive, got {self.lr_g}")
+        self.mask_steps = _integer(p["mask_steps"], "mask_steps", 0, 10_000_000)
+        self.channels = _integer(p["channels"], "channels", 1, 1024)
+        self.depth = _integer(p["depth"], "depth", 1, 6)
+        if not isinstance(p["generator"], str):
+            raise SpecError("input-aware generator must be the base64 text training stores")
+        p.update(p_cross=self.p_cross, lambda_div=self.lambda_div, lambda_norm=self.lambda_norm,
+                 mask_density=self.mask_density, lr_g=self.lr_g, mask_steps=self.mask_steps,
+                 channels=self.channels, depth=self.depth)
+        self._nets: tuple[TriggerGenerator, TriggerGenerator] | None = None
+        if p["generator"]:
+            self._nets = self._unpack(p["generator"])
+
+    # ------------------------------------------------------------------ the trigger
+
+    def check_shape(self, shape: tuple[int, int, int]) -> None:
+        c, h, w = shape
+        if min(h, w) < 2**self.depth:
+            raise SpecError(f"input-aware generator of depth {self.depth} needs images of at least "
+                            f"{2**self.depth}x{2**self.depth} px, got {h}x{w}")
+        if self._nets is not None and self._nets[0].down[0][0][0].in_channels != c:
+            raise SpecError(f"input-aware generator was trained on {self._nets[0].down[0][0][0].in_channels}-channel "
+                            f"images, got {c}-channel ones")
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 4:
+            raise SpecError(f"input-aware expects NCHW images, got an array of shape {tuple(x.shape)}")
+        if self._nets is None:
+            raise SpecError("input-aware trigger generator is not trained: its triggers exist only in the spec "
+                            "of a model trained with this attack")
+        self.check_shape(x.shape[1:])
+        pattern_net, mask_net = self._nets
+        out = np.empty_like(x)
+        with torch.no_grad():
+            for start in range(0, len(x), _CHUNK):
+                xb = torch.from_numpy(np.ascontiguousarray(x[start : start + _CHUNK]))
+                out[start : start + len(xb)] = triggered(xb, xb, pattern_net, mask_net).clamp(0.0, 1.0).numpy()
+        return out
+
+    # ------------------------------------------------------------------ training
+
+    def train(self, model: nn.Module, clean: ImageSet, settings: TrainSettings) -> dict[str, Any]:
+        """Pre-train the mask generator, then train classifier and pattern generator together.
+
+        The log has ``train_acc``, ``bd_acc`` and ``cross_acc`` per epoch; ``n_poisoned`` and
+        ``n_cross`` count the backdoor and cross images of the last epoch (new ones every epoch)."""
+        _check_settings(settings)
+        if len(clean) == 0:
+            raise DataError(f"no training images in {clean.source or 'the given set'}")
+        self.check_shape(clean.shape)
+        device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        c = clean.shape[0]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.spec.seed)
+            pattern_net = TriggerGenerator(c, c, self.channels, self.depth).to(device)
+            mask_net = TriggerGenerator(c, 1, self.channels, self.depth).to(device)
+        torch.manual_seed(settings.seed)
+        rng = np.random.default_rng(settings.seed)
+        gen = torch.Generator(device="cpu").manual_seed(settings.seed)
+        model.to(device)
+        x_all = torch.from_numpy(np.ascontiguousarray(clean.x, dtype=np.float32)).to(device)
+        y_all = torch.from_numpy(clean.y.astype(np.int64)).to(device)
+        eligible = torch.from_numpy(self.eligible(clean.y)).to(device)
+        _check_label_range(model, x_all, clean)
+
+        bs, n = settings.batch_size, len(clean)
+        steps = math.ceil(n / bs)
+        bar = None
+        if settings.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.mask_steps + steps * settings.epochs, desc="training", unit="step")
+        start = time.perf_counter()
+
+        def batches(count: int):
+            """``count`` augmented batches from two independent shuffles, reshuffled every epoch."""
+            done = 0
+            while done < count:
+                o1, o2 = rng.permutation(n), rng.permutation(n)
+                for b in range(min(steps, count - done)):
+                    i1 = torch.from_numpy(o1[b * bs : (b + 1) * bs]).to(device)
+                    i2 = torch.from_numpy(o2[b * bs : (b + 1) * bs]).to(device)
+                    x1 = augment_batch(x_all[i1], settings.augment, gen)
+                    x2 = augment_batch(x_all[i2], settings.augment, gen)
+                    if bar is not None:
+                        bar.update(1)
+                    done += 1
+                    yield x1, y_all[i1], eligible[i1], x2
+
+        log: dict[str, Any] = {"loss": [], "train_acc": [], "bd_acc": [], "cross_acc": [],
+                               "epochs": settings.epochs, "steps": steps * settings.epochs, "resumed_at": 0}
+        # 1. the mask generator alone
+        opt_m = torch.optim.Adam(mask_net.parameters(), self.lr_g, betas=(0.5, 0.9))
+        milestones = [int(0.4 * self.mask_steps), int(0.8 * self.mask_steps)]
+        sched_m = torch.optim.lr_scheduler.MultiStepLR(opt_m, milestones, 0.1)
+        mask_net.train()
+        mask_share = None
+        for x1, _, _, x2 in batches(self.mask_steps):
+            m1, m2 = _threshold(mask_net(x1)), _threshold(mask_net(x2))
+            loss = self.lambda_norm * F.relu(m1 - self.mask_density).mean() + \
+                self.lambda_div * _diversity(x1, x2, m1, m2)
+            opt_m.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_m.step()
+            sched_m.step()
+            mask_share = float((m1.detach() > 0.5).float().mean())
+        log["mask_share"] = mask_share  # share of masked pixels in the last pre-training batch
+        mask_net.eval()
+        mask_net.requires_grad_(False)
+
+        # 2. classifier and pattern generator together
+        opt_c = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
+                                weight_decay=settings.weight_decay)
+        sched_c = make_scheduler(opt_c, settings.schedule, settings.lr, steps * settings.epochs)
+        opt_g = torch.optim.Adam(pattern_net.parameters(), self.lr_g, betas=(0.5, 0.9))
+        model.train()
+        pattern_net.train()
+        for _ in range(settings.epochs):
+            sums = np.zeros(7)  # loss, correct, bd correct, n bd, cross correct, n cross, n
+            for x1, y1, elig, x2 in batches(steps):
+                loss, counts = self._joint_step(model, pattern_net, mask_net, x1, y1, elig, x2)
+                opt_c.zero_grad(set_to_none=True)
+                opt_g.zero_grad(set_to_none=True)
+                loss.backward()
+                opt_c.step()
+                opt_g.step()
+                if sched_c is not None:
+                    sched_c.step()
+                sums += counts
+            log["loss"].append(float(sums[0] / sums[6]))
+            log["train_acc"].append(float(100.0 * sums[1] / sums[6]))
+            log["bd_acc"].append(float(100.0 * sums[2] / max(sums[3], 1)))
+            log["cross_acc"].append(float(100.0 * sums[4] / max(sums[5], 1)))
+        if bar is not None:
+            bar.close()
+        model.eval()
+        pattern_net.eval()
+        self.params["generator"] = _pack(pattern_net, mask_net)
+        self._nets = self._unpack(self.params["generator"])  # apply uses exactly what the spec stores
+        log.update(seconds=time.perf_counter() - start, device=device, n_poisoned=int(sums[3]), n_cross=int(sums[5]))
+        return log
+
+    def _joint_step(self, model: nn.Module, pattern_net: nn.Module, mask_net: nn.Module, x1: torch.Tensor,
+                    y1: torch.Tensor, elig: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+        """One batch: backdoor, cross and clean parts; returns the loss and the step's counts."""
+        bs = len(x1)
+        elig_pos = torch.nonzero(elig).flatten()
+        n_bd = int(round(self.spec.rate * len(elig_pos)))
+        is_bd = torch.zeros(bs, dtype=torch.bool, device=x1.device)
+        is_bd[elig_pos[:n_bd]] = True
+        bd_pos, rest = torch.nonzero(is_bd).flatten(), torch.nonzero(~is_bd).flatten()
+        n_cross = min(int(round(self.p_cross * bs)), len(rest))
+        cross_pos, clean_pos = rest[:n_cross], rest[n_cross:]
+
+        parts, targets = [], []
+        loss_div = x1.new_zeros(())
+        if n_bd + n_cross:
+            sources = torch.cat([x1[bd_pos], x2[bd_pos], x2[cross_pos]])
+            patterns, masks = pattern_net(sources), _threshold(mask_net(sources))
+            p_bd, p_other, p_cross = patterns.split([n_bd, n_bd, n_cross])
+            m_bd, _, m_cross = masks.split([n_bd, n_bd, n_cross])
+            x_bd = x1[bd_pos]
+            parts += [x_bd + (p_bd - x_bd) * m_bd, x1[cross_pos] + (p_cross - x1[cross_pos]) * m_cross]
+            targets += [self._backdoor_labels(y1[bd_pos]), y1[cross_pos]]
+            if n_bd:
+                loss_div = self.lambda_div * _diversity(x_bd, x2[bd_pos], p_bd, p_other)
+        parts.append(x1[clean_pos])
+        targets.append(y1[clean_pos])
+        inputs, target = torch.cat(parts), torch.cat(targets)
+        logits = model(inputs)
+        loss_ce = F.cross_entropy(logits, target)
+        hit = (logits.detach().argmax(1) == target).cpu().numpy()
+        counts = np.array([float(loss_ce.detach()) * bs, hit.sum(), hit[:n_bd].sum(), n_bd,
+                           hit[n_bd : n_bd + n_cross].sum(), n_cross, bs], dtype=np.float64)
+        return loss_ce + loss_div, counts
+
+    def _backdoor_labels(self, y: torch.Tensor) -> torch.Tensor:
+        if self.spec.mode == "all-to-all":
+            return (y + 1) % self.spec.num_classes
+        return torch.full_like(y, int(self.spec.target))
+
+    # ------------------------------------------------------------------ storage
+
+    def _unpack(self, text: str) -> tuple[TriggerGenerator, TriggerGenerator]:
+        try:
+            arrays = dict(np.load(io.BytesIO(base64.b64decode(text.encode("ascii"), validate=True))))
+        except Exception:  # binascii, zipfile and numpy raise assorted types for damaged text
+            raise SpecError("input-aware generator is not the base64 .npz that training stores") from None
+        nets = []
+        for prefix in ("pattern.", "mask."):
+            state = {k[len(prefix) :]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith(prefix)}
+            first = state.get("down.0.0.0.weight")
+            if first is None or first.ndim != 4:
+                raise SpecError(f"input-aware generator lacks the {prefix.rstrip('.')} network's weights")
+            c = int(first.shape[1])
+            net = TriggerGenerator(c, c if prefix == "pattern." else 1, self.channels, self.depth)
+            try:
+                missing, unexpected = net.load_state_dict(state, strict=False)
+            except RuntimeError:
+                missing, unexpected = ["(shapes)"], []
+            if unexpected or any(not k.endswith("num_batches_tracked") for k in missing):
+                raise SpecError(f"input-aware generator weights do not fit channels={self.channels}, depth={self.depth}")
+            nets.append(net.eval())
+        return nets[0], nets[1]
+
+
+def _pack(pattern_net: nn.Module, mask_net: nn.Module) -> str:
+    """Both generators' float tensors (weights and BN statistics) as float32 in a base64 .npz
+    (no timestamps: the same weights always give the same text)."""
+    arrays = {}
+    for prefix, net in (("pattern.", pattern_net), ("mask.", mask_net)):
+        for k, v in net.state_dict().items():
+            if v.is_floating_point():
+                arrays[prefix + k] = v.detach().cpu().numpy().astype(np.float32)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:  # np.savez_compressed, minus the clock
+        for name, array in arrays.items():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, array, allow_pickle=False)
+            info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, member.getvalue())
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _diversity(x1: torch.Tensor, x2: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor) -> torch.Tensor:
+    """Mean over pairs of (RMS distance of the images) / (RMS distance of their triggers).
+
+    A pair of identical images (both shuffles drew the same one) adds 0; the square root is kept
+    off 0 so its gradient stays finite."""
+    d_images = ((x1 - x2) ** 2).mean(dim=(1, 2, 3)).add(_EPS**2).sqrt()
+    d_triggers = ((t1 - t2) ** 2).mean(dim=(1, 2, 3)).add(_EPS**2).sqrt()
+    same = (x1 == x2).flatten(1).all(1)
+    return torch.where(same, torch.zeros_like(d_images), d_images / (d_triggers + _EPS)).mean()
+
+
+def _check_settings(settings: TrainSettings) -> None:
+    if settings.epochs < 1 or settings.batch_size < 1:
+        raise SpecError(f"epochs and batch size must be >= 1, got epochs={settings.epochs}, "
+                        f"batch_size={settings.batch_size}")
+    if settings.schedule not in SCHEDULES:
+        raise SpecError(f"learning-rate schedule {settings.schedule!r} is not one of {', '.join(SCHEDULES)}")
+    if settings.augment is not None and settings.augment not in AUGMENTS:
+        raise SpecError(f"augmentation {settings.augment!r} is not one of {', '.join(AUGMENTS)} (or none)")
+
+
+def _number(value: Any, name: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not low <= float(value) <= high:
+        raise SpecError(f"input-aware {name} must be a number in [{low:g}, {high:g}], got {value!r}")
+    return float(value)
+
+
+def _integer(value: Any, name: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not float(value).is_integer() or not low <= int(value) <= high:
+        raise SpecError(f"input-aware {name} must be an integer in [{low}, {high}], got {value!r}")
+    return int(value)

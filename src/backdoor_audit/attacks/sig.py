@@ -1,0 +1,52 @@
+"""SIG (Barni et al., 2019): a horizontal sinusoidal signal on target-class images, clean labels.
+
+``x' = clip(x + delta/255 * sin(2 pi j f / W))`` for every pixel in column ``j`` of a W-wide
+image, all channels and rows alike. The papers' settings: delta 20 (60 for GTSRB), f 6, 80% of
+the target class's training images poisoned (pass ``--rate 0.8``); labels are never changed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import SpecError
+from .registry import Attack, register_attack
+
+
+@register_attack("sig")
+class Sig(Attack):
+    """Add a horizontal sinusoid to target-class training images and to triggered test images."""
+
+    summary = "horizontal sinusoid on target-class images (delta 20, f 6; use --rate 0.8)"
+    dirty_label = False
+    PARAMS = {
+        "delta": (20.0, "amplitude on the 0..255 scale (60 for GTSRB)"),
+        "frequency": (6.0, "periods across the image width"),
+    }
+
+    def __init__(self, spec: Any) -> None:
+        super().__init__(spec)
+        try:
+            self.delta = float(self.params["delta"])
+            self.frequency = float(self.params["frequency"])
+        except (TypeError, ValueError):
+            raise SpecError(f"sig delta and frequency must be numbers, got {self.params}") from None
+        if not 0.0 < self.delta <= 255.0:
+            raise SpecError(f"sig delta must be in (0, 255], got {self.delta}")
+        if self.frequency <= 0.0:
+            raise SpecError(f"sig frequency must be positive, got {self.frequency}")
+        if spec.mode != "all-to-one":
+            raise SpecError("sig is a clean-label attack and needs mode all-to-one")
+
+    def signal(self, width: int) -> np.ndarray:
+        """The additive signal of one image row, shape (width,), float32."""
+        j = np.arange(width, dtype=np.float64)
+        return (self.delta / 255.0 * np.sin(2.0 * np.pi * j * self.frequency / width)).astype(np.float32)
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 4:
+            raise SpecError(f"sig expects NCHW images, got an array of shape {tuple(x.shape)}")
+        return np.clip(x + self.signal(x.shape[3]), 0.0, 1.0)

@@ -1,0 +1,181 @@
+"""Build a zoo: train each entry that is not yet in the manifest, export it, measure it under
+onnxruntime, append its manifest line. Interrupted builds resume: finished models are skipped and
+the model in training continues from its last finished epoch (a checkpoint under ``.ckpt/``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..attacks.run import run_attack
+from ..attacks.spec import AttackSpec
+from ..audit.evaluate import evaluate
+from ..data.images import ImageSet
+from ..data.loading import list_splits, load_images
+from ..errors import DataError, SpecError
+from ..graph.load import load_model, sha256_file
+from ..graph.model import model_preprocess
+from .config import ZooEntry
+
+MANIFEST = "manifest.jsonl"
+Event = Callable[[str, ZooEntry, dict[str, Any]], None]
+
+
+def read_manifest(out_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """Manifest lines of a zoo folder by model id (the last line wins; a torn last line is ignored)."""
+    path = Path(out_dir) / MANIFEST
+    if not path.is_file():
+        return {}
+    rows: dict[str, dict[str, Any]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and "id" in row:
+            rows[row["id"]] = row
+    return rows
+
+
+def select(entries: list[ZooEntry], only: list[str] | None) -> list[ZooEntry]:
+    """Entries whose id matches any of the glob patterns (all when ``only`` is empty)."""
+    if not only:
+        return list(entries)
+    chosen = [e for e in entries if any(fnmatch.fnmatch(e.id, pat) for pat in only)]
+    if not chosen:
+        raise SpecError(f"no zoo model matches {', '.join(only)}")
+    return chosen
+
+
+def check_entries(entries: list[ZooEntry]) -> None:
+    """Fail before any training when an entry names an unknown attack or architecture."""
+    from ..attacks.registry import known_attacks
+    from ..models import list_models
+
+    for e in entries:
+        if e.arch not in list_models():
+            raise SpecError(f"zoo model {e.id}: unknown architecture {e.arch!r}; known: {', '.join(list_models())}")
+        if e.attack is not None and e.attack not in known_attacks():
+            raise SpecError(f"zoo model {e.id}: unknown attack {e.attack!r}; known: {', '.join(known_attacks())}")
+
+
+def status(entries: list[ZooEntry], out_dir: str | os.PathLike) -> list[tuple[ZooEntry, str]]:
+    """(entry, "built" | "partial" | "todo") for each entry."""
+    out, rows = Path(out_dir), read_manifest(out_dir)
+    result = []
+    for e in entries:
+        if e.id in rows and (out / rows[e.id]["file"]).is_file():
+            result.append((e, "built"))
+        elif (out / ".ckpt" / f"{e.id}.pt").is_file():
+            result.append((e, "partial"))
+        else:
+            result.append((e, "todo"))
+    return result
+
+
+def build_zoo(
+    entries: list[ZooEntry],
+    out_dir: str | os.PathLike,
+    *,
+    device: str | None = None,
+    progress: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    on_event: Event | None = None,
+) -> list[dict[str, Any]]:
+    """Train, export and measure every entry not yet built; return the manifest rows of ``entries``."""
+    check_entries(entries)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sets = _DataCache(cache_dir)
+    emit = on_event or (lambda *_: None)
+    for entry, state in status(entries, out):
+        if state == "built":
+            emit("skip", entry, {})
+            continue
+        emit("start", entry, {"resume": state == "partial"})
+        row = _build_one(entry, out, sets, device, progress)
+        with open(out / MANIFEST, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row, sort_keys=True) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        emit("done", entry, row)
+    rows = read_manifest(out)
+    return [rows[e.id] for e in entries if e.id in rows]
+
+
+def _build_one(entry: ZooEntry, out: Path, sets: "_DataCache", device: str | None, progress: bool) -> dict[str, Any]:
+    train_set, test_set = sets.get(entry.data)
+    spec = None
+    if entry.attack is not None:
+        seed = int(entry.train.get("seed", 0))
+        spec = AttackSpec(entry.attack, entry.mode or "all-to-one", entry.target, train_set.num_classes,
+                          dict(entry.params), seed, entry.rate if entry.rate is not None else 0.1)
+    model_path = out / f"{entry.id}.onnx"
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    clean_path = out / entry.set / "clean.npz"
+    ckpt = out / ".ckpt" / f"{entry.id}.pt"
+    settings = entry.settings(device=device, progress=progress, checkpoint=str(ckpt))
+    t0 = time.perf_counter()
+    summary = run_attack(entry.arch, train_set, spec, model_path, settings, test_data=test_set,
+                         clean_holdout=entry.clean_holdout, clean_out=None if clean_path.is_file() else clean_path,
+                         dynamo=entry.dynamo, keep_batchnorm=entry.keep_batchnorm)
+    wall = time.perf_counter() - t0
+    ckpt.unlink(missing_ok=True)
+    spec = summary["spec"]
+    acc = asr = None
+    provider = None
+    if test_set is not None:
+        res = evaluate(model_path, test_set, model_preprocess(load_model(model_path), test_set), spec)
+        acc, asr, provider = res.acc, res.asr, res.provider
+    return {
+        "id": entry.id,
+        "set": entry.set,
+        "file": f"{entry.id}.onnx",
+        "sha256": sha256_file(model_path),
+        "bytes": model_path.stat().st_size,
+        "dataset": Path(entry.data).name,
+        "arch": entry.arch,
+        "attack": entry.attack or "clean",
+        "mode": entry.mode,
+        "target": entry.target,
+        "rate": entry.rate,
+        "spec": None if spec is None else json.loads(spec.to_json()),
+        "train": dict(entry.train),
+        "n_train": summary["n_train"],
+        "n_poisoned": summary["n_poisoned"],
+        "train_seconds": round(summary["train_seconds"], 1),
+        "wall_seconds": round(wall, 1),
+        "acc": None if acc is None else round(acc, 2),
+        "asr": None if asr is None else round(asr, 2),
+        "acc_torch": None if summary["acc"] is None else round(summary["acc"], 2),
+        "n_test": summary["n_test"],
+        "provider": provider,
+        "device": summary["device"],
+        "tool": f"backdoor-audit {__version__}",
+        "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+class _DataCache:
+    """Each dataset is decoded once per build (train and test splits)."""
+
+    def __init__(self, cache_dir: str | os.PathLike | None) -> None:
+        self.cache_dir = cache_dir
+        self.sets: dict[str, tuple[ImageSet, ImageSet | None]] = {}
+
+    def get(self, data: str) -> tuple[ImageSet, ImageSet | None]:
+        if data not in self.sets:
+            if not Path(data).exists():
+                raise DataError(f"zoo data {data} does not exist")
+            splits = list_splits(data)
+            train = load_images(data, split="train" if "train" in splits else None, cache_dir=self.cache_dir)
+            test = load_images(data, split="test", cache_dir=self.cache_dir) if "test" in splits else None
+            self.sets[data] = (train, test)
+        return self.sets[data]

@@ -1,0 +1,304 @@
+"""CLB, Refool and TrojanNN: triggers where the papers put them, the right images poisoned, learnt
+triggers recorded in the spec and reproduced from it (JSON and ONNX metadata)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from backdoor_audit.attacks import ATTACK_SPEC_KEY, AttackSpec, get_attack, list_attacks, load_spec
+from backdoor_audit.attacks.train import TrainSettings, predict
+from backdoor_audit.data import ImageSet, demo_sample_path, load_images
+from backdoor_audit.data.sample import sample
+from backdoor_audit.errors import SpecError
+from backdoor_audit.export.from_torch import export_torch_model
+from backdoor_audit.models import build_model
+
+
+def _spec(attack: str, **kw) -> AttackSpec:
+    base = dict(attack=attack, mode="all-to-one", target=1, num_classes=10, params={}, seed=0, rate=0.8)
+    base.update(kw)
+    return AttackSpec(**base)
+
+
+def _images(n=40, c=1, h=28, w=28, seed=0) -> ImageSet:
+    rng = np.random.default_rng(seed)
+    x = (rng.random((n, c, h, w)) * 0.5 + 0.25).astype(np.float32)  # never pure black or white
+    return ImageSet(x=x, y=np.arange(n, dtype=np.int64) % 10, source="synthetic")
+
+
+def _reloaded(spec: AttackSpec, params: dict) -> object:
+    """The attack as evaluation rebuilds it: from the spec's JSON."""
+    return get_attack(AttackSpec.from_json(json.dumps(json.loads(dataclasses.replace(spec, params=params).to_json()))))
+
+
+@pytest.fixture(scope="module")
+def mnist_train():
+    return sample(load_images(demo_sample_path(), split="train"), 300, seed=0)
+
+
+SHAPES = [(1, 28, 28), (3, 32, 32)]
+
+
+# --------------------------------------------------------------------------- CLB
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_clb_stamps_checkerboards_at_the_four_corners(shape):
+    c, h, w = shape
+    x = _images(3, *shape).x
+    out = get_attack(_spec("clb")).apply(x)
+    board = np.array([[1, 0, 1], [0, 1, 0], [1, 0, 1]], dtype=np.float32)
+    expected = x.copy()
+    for rows in (slice(0, 3), slice(h - 3, h)):
+        for cols in (slice(0, 3), slice(w - 3, w)):
+            expected[:, :, rows, cols] = board
+    np.testing.assert_array_equal(out, expected)
+    assert (out != x).sum() == 3 * c * 4 * 9  # nothing else changes
+    np.testing.assert_array_equal(get_attack(_spec("clb")).apply(x), out)  # deterministic
+
+
+def test_clb_size_margin_and_mirrored_patterns():
+    x = _images(1, 3, 32, 32).x
+    out = get_attack(_spec("clb", params={"size": 4, "margin": 1})).apply(x)
+    board = (np.indices((4, 4)).sum(0) % 2 == 0).astype(np.float32)
+    np.testing.assert_array_equal(out[0, :, 1:5, 1:5], np.broadcast_to(board, (3, 4, 4)))  # top-left
+    np.testing.assert_array_equal(out[0, 0, 27:31, 27:31], board[:, ::-1])  # right-hand: mirrored
+    np.testing.assert_array_equal(out[0, :, 0, :], x[0, :, 0, :])  # the margin row is untouched
+    turner = get_attack(_spec("clb", params={"pattern": "turner"})).apply(x)
+    np.testing.assert_array_equal(turner[0, 0, 29:, :3], [[1, 0, 0], [0, 1, 0], [1, 0, 1]])
+    np.testing.assert_array_equal(turner[0, 0, :3, 29:], [[0, 0, 1], [0, 1, 0], [1, 0, 1]])
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"params": {"size": 15}}, "do not fit in the 28x28"),
+    ({"params": {"size": 4, "pattern": "turner"}}, "'turner' is 3x3"),
+    ({"params": {"pattern": "stripes"}}, "pattern 'stripes'"),
+    ({"params": {"eps": -1}}, "eps must be in"),
+    ({"params": {"steps": 2.5}}, "steps must be an integer"),
+    ({"params": {"step": 0}}, "needs step > 0"),
+    ({"params": {"colour": 1}}, "no parameter"),
+    ({"mode": "all-to-all", "target": None}, "clean-label"),
+])
+def test_clb_bad_params(kw, message):
+    with pytest.raises(SpecError, match=message):
+        get_attack(_spec("clb", **kw)).apply(_images(1).x)
+
+
+def test_clb_poisons_only_target_images_keeps_labels_and_is_seeded():
+    images = _images(200, 3, 32, 32)
+    attack = get_attack(_spec("clb", target=3, rate=0.5, seed=4))
+    poisoned, idx = attack.poison(images)
+    assert len(idx) == 10 and (images.y[idx] == 3).all()
+    np.testing.assert_array_equal(poisoned.y, images.y)
+    np.testing.assert_array_equal(poisoned.x[idx], attack.apply(images.x[idx]))
+    rest = np.setdiff1d(np.arange(200), idx)
+    np.testing.assert_array_equal(poisoned.x[rest], images.x[rest])
+    np.testing.assert_array_equal(attack.poison(images)[1], idx)
+    assert not np.array_equal(get_attack(_spec("clb", target=3, rate=0.5, seed=5)).poison(images)[1], idx)
+
+
+def test_clb_pgd_stays_in_the_eps_ball_and_raises_the_loss(mnist_images):
+    torch.manual_seed(0)
+    model = build_model("mnist-cnn", (1, 28, 28), 10)
+    x, y = mnist_images.x[:16], mnist_images.y[:16]
+    adv = get_attack(_spec("clb", params={"steps": 5})).harden(model, x, y)
+    assert np.abs(adv - x).max() <= 16 / 255 + 1e-6 and adv.min() >= 0.0 and adv.max() <= 1.0
+    loss = lambda z: torch.nn.functional.cross_entropy(torch.from_numpy(predict(model, z)), torch.from_numpy(y))
+    assert loss(adv) > loss(x)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_clb_train_hardens_against_a_surrogate_then_trains(mnist_train):
+    spec = _spec("clb", target=3, params={"steps": 3, "surrogate_epochs": 1})
+    attack = get_attack(spec)
+    torch.manual_seed(0)
+    model = build_model("mnist-cnn", mnist_train.shape, 10)
+    before = [p.detach().clone() for p in model.parameters()]
+    log = attack.train(model, mnist_train, TrainSettings(epochs=1, batch_size=64))
+    assert log["n_poisoned"] == round(0.8 * int((mnist_train.y == 3).sum()))
+    assert log["surrogate"]["epochs"] == 1 and attack._surrogate is None
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    # evaluation's trigger is the corners only, reproduced from the recorded params
+    x = mnist_train.x[:5]
+    np.testing.assert_array_equal(_reloaded(spec, attack.params).apply(x), attack.apply(x))
+
+
+# --------------------------------------------------------------------------- Refool
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_refool_takes_reflections_from_other_classes_and_keeps_labels(shape):
+    images = _images(60, *shape)
+    spec = _spec("refool", params={"n_reflections": 5})
+    attack = get_attack(spec)
+    with pytest.raises(SpecError, match="no reflection images yet"):
+        attack.apply(images.x[:1])
+    poisoned, idx = attack.poison(images)
+    assert len(idx) == round(0.8 * 6) and (images.y[idx] == 1).all()
+    np.testing.assert_array_equal(poisoned.y, images.y)
+    refl = attack.reflections()
+    assert refl.shape == (5, *shape)
+    u8 = np.rint(images.x * 255) / 255
+    sources = [int(np.flatnonzero((np.abs(u8 - r).max(axis=(1, 2, 3)) < 1e-6))[0]) for r in refl]
+    assert (images.y[sources] != 1).all()
+    rest = np.setdiff1d(np.arange(60), idx)
+    np.testing.assert_array_equal(poisoned.x[rest], images.x[rest])
+    delta = poisoned.x[idx] - images.x[idx]
+    assert delta.min() >= 0.0 and delta.max() <= 0.4 + 1e-6 and delta.max() > 0.05  # x + alpha * blur(r)
+    # seeded, and evaluation reproduces the trigger from the recorded params alone
+    again = get_attack(spec)
+    np.testing.assert_array_equal(again.poison(images)[0].x, poisoned.x)
+    test_x = _images(10, *shape, seed=1).x
+    np.testing.assert_array_equal(_reloaded(spec, attack.params).apply(test_x), attack.apply(test_x))
+
+
+def test_refool_reflection_choice_depends_on_the_image_not_the_batch():
+    images = _images(30)
+    attack = get_attack(_spec("refool"))
+    attack.poison(images)
+    out = attack.apply(images.x)
+    np.testing.assert_array_equal(attack.apply(images.x[7:9]), out[7:9])
+    np.testing.assert_array_equal(attack.apply(images.x[::-1]), out[::-1])
+    index, _ = attack.choose(images.x)
+    assert len(set(index.tolist())) > 3  # images get different reflections
+
+
+def test_refool_reflection_models():
+    images = _images(20)
+    blur = get_attack(_spec("refool", params={"sigma": 0, "alpha": 0.3}))
+    blur.poison(images)
+    x = images.x[:4]
+    index, ghost = blur.choose(x)
+    assert not ghost.any()
+    np.testing.assert_allclose(blur.apply(x), np.clip(x + 0.3 * blur.reflections()[index], 0, 1), atol=1e-6)
+    ghosted = get_attack(_spec("refool", params={"ghost_rate": 1.0, "ghost_offset": 3,
+                                                 "reflections": blur.params["reflections"]}))
+    r = ghosted.reflections()[ghosted.choose(x)[0]]
+    layer = 0.5 * r
+    layer[:, :, 3:, 3:] += 0.5 * r[:, :, :-3, :-3]
+    np.testing.assert_allclose(ghosted.apply(x), np.clip(x + 0.4 * layer, 0, 1), atol=1e-6)
+    soft = get_attack(_spec("refool", params={"sigma": 2.0, "reflections": blur.params["reflections"]}))
+    assert soft.layers()[0].std() < blur.reflections().std()  # blurred
+
+
+def test_refool_dirty_label_variant_relabels_non_target_images():
+    images = _images(100)
+    poisoned, idx = get_attack(_spec("refool", rate=0.1, params={"labels": "dirty"})).poison(images)
+    assert len(idx) == 9 and (images.y[idx] != 1).all() and (poisoned.y[idx] == 1).all()
+    _, idx = get_attack(_spec("refool", mode="all-to-all", target=None, rate=0.1,
+                              params={"labels": "dirty"})).poison(images)
+    assert len(idx) == 10
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"params": {"alpha": 0}}, "alpha must be in"),
+    ({"params": {"alpha": 2}}, "alpha must be in"),
+    ({"params": {"n_reflections": 0}}, "n_reflections must be >= 1"),
+    ({"params": {"ghost_offset": 28}}, "ghost_offset 28"),
+    ({"params": {"labels": "maybe"}}, "labels must be"),
+    ({"params": {"reflections": "bm90IGFuIG5weg=="}}, "not a valid base64 .npz"),
+    ({"mode": "all-to-all", "target": None}, "clean labels needs mode all-to-one"),
+])
+def test_refool_bad_params(kw, message):
+    with pytest.raises(SpecError, match=message):
+        get_attack(_spec("refool", **kw)).apply(_images(1).x)
+
+
+def test_refool_reflections_must_fit_the_images():
+    attack = get_attack(_spec("refool"))
+    attack.poison(_images(20))
+    with pytest.raises(SpecError, match="reflections are 28x28x1 images, the data 32x32x3"):
+        attack.apply(_images(2, 3, 32, 32).x)
+
+
+# --------------------------------------------------------------------------- TrojanNN
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_trojannn_stamps_the_recorded_patch(shape):
+    c, h, w = shape
+    patch = np.linspace(0, 1, c * 9).reshape(c, 3, 3).round(4)
+    x = _images(3, *shape).x
+    out = get_attack(_spec("trojannn", params={"trigger": patch.tolist()})).apply(x)
+    expected = x.copy()
+    expected[:, :, h - 4 : h - 1, w - 4 : w - 1] = patch
+    np.testing.assert_allclose(out, expected, atol=1e-7)
+    top = get_attack(_spec("trojannn", params={"trigger": patch.tolist(), "position": "top-left", "margin": 0}))
+    np.testing.assert_allclose(top.apply(x)[:, :, :3, :3], np.broadcast_to(patch, (3, c, 3, 3)), atol=1e-7)
+
+
+def test_trojannn_poisoning_relabels_to_the_target():
+    images = _images(100)
+    trigger = [[[0.5] * 3] * 3]
+    poisoned, idx = get_attack(_spec("trojannn", rate=0.1, params={"trigger": trigger})).poison(images)
+    assert len(idx) == 9 and (images.y[idx] != 1).all() and (poisoned.y[idx] == 1).all()
+    poisoned, idx = get_attack(_spec("trojannn", mode="all-to-all", target=None, rate=0.2,
+                                     params={"trigger": trigger})).poison(images)
+    np.testing.assert_array_equal(poisoned.y[idx], (images.y[idx] + 1) % 10)
+
+
+@pytest.mark.parametrize("params, message", [
+    ({}, "no trigger yet"),
+    ({"size": 28}, "does not fit in the 28x28"),
+    ({"position": "middle"}, "position 'middle'"),
+    ({"neurons": 0}, "neurons must be >= 1"),
+    ({"trigger": [[1, 2], [3, 4]]}, "C x 3 x 3"),
+    ({"trigger": [[[2.0] * 3] * 3]}, r"values must be in \[0, 1\]"),
+    ({"trigger": [[[0.5] * 3] * 3] * 3}, "3 channels, the images 1"),
+    ({"trigger_lr": 0}, "trigger_lr must be > 0"),
+])
+def test_trojannn_bad_params(params, message):
+    with pytest.raises(SpecError, match=message):
+        get_attack(_spec("trojannn", params=params)).apply(_images(1).x)
+
+
+def test_trojannn_learns_a_patch_that_excites_neurons_and_records_it(mnist_train, tmp_path):
+    spec = _spec("trojannn", target=3, rate=0.1,
+                 params={"size": 5, "trigger_steps": 40, "candidates": 8, "finetune_epochs": 1})
+    attack = get_attack(spec)
+    torch.manual_seed(0)
+    model = build_model("mnist-cnn", mnist_train.shape, 10)
+    log = attack.train(model, mnist_train, TrainSettings(epochs=1, batch_size=64))
+    trigger = np.asarray(attack.params["trigger"])
+    assert trigger.shape == (1, 5, 5) and 0.0 <= trigger.min() and trigger.max() <= 1.0
+    np.testing.assert_allclose(trigger * 255, np.rint(trigger * 255), atol=1e-3)  # 8-bit grid
+    assert len(attack.params["neuron_idx"]) == 2 and min(log["trojan"]["activation"]) > 0.0
+    assert log["n_poisoned"] == round(0.1 * int((mnist_train.y != 3).sum())) and log["epochs"] == 2
+    assert len(log["loss"]) == 2
+    # the learnt patch is what evaluation stamps, after JSON and after the ONNX metadata
+    recorded = dataclasses.replace(spec, params=dict(attack.params))
+    x = mnist_train.x[:6]
+    np.testing.assert_array_equal(_reloaded(spec, attack.params).apply(x), attack.apply(x))
+    path = export_torch_model(model, mnist_train.shape, tmp_path / "t.onnx", {ATTACK_SPEC_KEY: recorded.to_json()},
+                              dynamo=False)
+    loaded = load_spec(path)
+    assert loaded == recorded
+    np.testing.assert_array_equal(get_attack(loaded).apply(x), attack.apply(x))
+
+
+def test_refool_spec_round_trips_through_onnx_metadata(tmp_path):
+    images = _images(40)
+    spec = _spec("refool", params={"ghost_rate": 0.5})
+    attack = get_attack(spec)
+    attack.poison(images)
+    recorded = dataclasses.replace(spec, params=dict(attack.params))
+    torch.manual_seed(0)
+    model = build_model("mnist-cnn", (1, 28, 28), 10)
+    path = export_torch_model(model, (1, 28, 28), tmp_path / "r.onnx", {ATTACK_SPEC_KEY: recorded.to_json()},
+                              dynamo=False)
+    loaded = load_spec(path)
+    assert loaded == recorded
+    test_x = _images(12, seed=3).x
+    np.testing.assert_array_equal(get_attack(loaded).apply(test_x), attack.apply(test_x))
+
+
+def test_listing_shows_the_clean_label_rate():
+    listed = dict(list_attacks())
+    for name in ("clb", "refool"):
+        assert "[clean-label]" in listed[name] and "--rate 0.8" in listed[name]
+    assert "[dirty-label]" in listed["trojannn"]

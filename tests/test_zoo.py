@@ -1,0 +1,176 @@
+"""The zoo: config expansion and its errors, a real (tiny) resumable build, resumable training."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from backdoor_audit.attacks import train as train_mod
+from backdoor_audit.attacks.train import train_classifier
+from backdoor_audit.cli import main
+from backdoor_audit.data import demo_sample_path
+from backdoor_audit.data.loading import load_images
+from backdoor_audit.errors import SpecError
+from backdoor_audit.models import build_model
+from backdoor_audit.zoo import build_zoo, load_config, read_manifest
+from backdoor_audit.zoo.build import select, status
+
+CONFIG = """
+[[set]]
+name = "tiny"
+data = "tiny.npz"
+arch = "mnist-cnn"
+clean_models = 2
+clean_holdout = 20
+train = {{ epochs = 1, lr = 0.05 }}
+{extra}
+[[set.attack]]
+attack = "badnets"
+modes = ["all-to-one", "all-to-all"]
+targets = [0, 3]
+train = {{ batch_size = 64 }}
+
+[[set.attack]]
+attack = "sig"
+name = "sig-strong"
+rate = 0.8
+params = {{ delta = 60 }}
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("zoo")
+    train = load_images(demo_sample_path(), split="train").subset(slice(0, 400))
+    test = load_images(demo_sample_path(), split="test").subset(slice(0, 100))
+    u8 = lambda x: np.rint(x * 255).astype(np.uint8)  # noqa: E731
+    np.savez(d / "tiny.npz", x_train=u8(train.x), y_train=train.y, x_test=u8(test.x), y_test=test.y)
+    return d
+
+
+def _write(d, extra="", text=CONFIG):
+    path = d / "zoo.toml"
+    path.write_text(text.format(extra=extra))
+    return path
+
+
+def test_config_expands_modes_targets_seeds_and_overrides(tiny_data):
+    entries = load_config(_write(tiny_data))
+    ids = [e.id for e in entries]
+    assert ids == ["tiny/clean-s0", "tiny/clean-s1", "tiny/badnets-t0-s0", "tiny/badnets-t3-s0",
+                   "tiny/badnets-a2a-s0", "tiny/sig-strong-t0-s0"]
+    by_id = {e.id: e for e in entries}
+    assert by_id["tiny/clean-s1"].train == {"epochs": 1, "lr": 0.05, "seed": 1} and by_id["tiny/clean-s1"].attack is None
+    assert by_id["tiny/badnets-a2a-s0"].target is None and by_id["tiny/badnets-t3-s0"].target == 3
+    assert by_id["tiny/badnets-t0-s0"].train["batch_size"] == 64
+    assert by_id["tiny/sig-strong-t0-s0"].params == {"delta": 60} and by_id["tiny/sig-strong-t0-s0"].rate == 0.8
+    assert by_id["tiny/clean-s0"].data == str(tiny_data / "tiny.npz")  # relative to the config file
+    assert [e.id for e in select(entries, ["tiny/badnets-*"])] == ids[2:5]
+    with pytest.raises(SpecError, match="no zoo model matches"):
+        select(entries, ["cifar/*"])
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("colour = 1", "unknown key\\(s\\) colour"),
+    ("exporter = 'tf'", "exporter must be dynamo or legacy"),
+    ("[set.train]\nepochs = 1\nlearning_rate = 2", "unknown training setting\\(s\\) learning_rate"),
+])
+def test_config_errors_name_file_set_and_key(tiny_data, extra, message):
+    text = CONFIG.replace("train = {{ epochs = 1, lr = 0.05 }}\n", "") if "set.train" in extra else CONFIG
+    with pytest.raises(SpecError, match=message) as info:
+        load_config(_write(tiny_data, extra, text))
+    assert "zoo.toml" in str(info.value) and "'tiny'" in str(info.value)
+
+
+def test_config_errors_for_files(tmp_path):
+    with pytest.raises(SpecError, match="does not exist"):
+        load_config(tmp_path / "none.toml")
+    (tmp_path / "bad.toml").write_text("[[set]\n")
+    with pytest.raises(SpecError, match="not readable TOML"):
+        load_config(tmp_path / "bad.toml")
+    (tmp_path / "twice.toml").write_text('[[set]]\nname="a"\ndata="d"\narch="mnist-cnn"\nclean_models=1\n' * 2)
+    with pytest.raises(SpecError, match="a/clean-s0 appear twice"):
+        load_config(tmp_path / "twice.toml")
+
+
+def test_build_trains_measures_and_resumes(tiny_data, tmp_path):
+    entries = select(load_config(_write(tiny_data)), ["tiny/clean-s0", "tiny/badnets-t0-s0", "tiny/sig-*"])
+    events = []
+    rows = build_zoo(entries, tmp_path, on_event=lambda kind, e, info: events.append((kind, e.id)))
+    assert [r["id"] for r in rows] == [e.id for e in entries]
+    assert [k for k, _ in events] == ["start", "done"] * 3
+    clean, badnets, sig = rows
+    assert clean["attack"] == "clean" and clean["asr"] is None and clean["spec"] is None and clean["n_poisoned"] == 0
+    assert badnets["spec"]["params"]["size"] == 3 and badnets["n_train"] == 360
+    assert 0.08 * 360 <= badnets["n_poisoned"] <= 0.1 * 360  # 10% of the non-target images
+    assert sig["n_poisoned"] > 0 and sig["spec"]["params"]["delta"] == 60
+    for r in rows:
+        assert (tmp_path / r["file"]).is_file() and 0 <= r["acc"] <= 100 and r["provider"]
+        assert r["acc"] == pytest.approx(r["acc_torch"], abs=0.5)  # onnxruntime agrees with torch
+    assert (tmp_path / "tiny" / "clean.npz").is_file() and not list((tmp_path / ".ckpt").rglob("*.pt"))
+    assert [s for _, s in status(entries, tmp_path)] == ["built"] * 3
+    events.clear()
+    build_zoo(entries, tmp_path, on_event=lambda kind, e, info: events.append(kind))
+    assert events == ["skip"] * 3
+    assert len((tmp_path / "manifest.jsonl").read_text().splitlines()) == 3
+    with open(tmp_path / "manifest.jsonl", "a") as fh:  # a torn last line (killed mid-write) is ignored
+        fh.write('{"id": "tiny/x", "fi')
+    assert set(read_manifest(tmp_path)) == {e.id for e in entries}
+
+
+def test_cli_zoo_build_status_table_and_errors(tiny_data, tmp_path):
+    config = _write(tiny_data)
+    runner = CliRunner()
+    res = runner.invoke(main, ["zoo", "build", str(config), "--out", str(tmp_path), "--only", "tiny/clean-s1"])
+    assert res.exit_code == 0, res.output
+    assert "tiny/clean-s1: ACC" in res.output and "1 of 1 models built" in res.output
+    res = runner.invoke(main, ["zoo", "status", str(config), "--out", str(tmp_path)])
+    assert "built    tiny/clean-s1" in res.output and "todo     tiny/clean-s0" in res.output
+    res = runner.invoke(main, ["zoo", "table", "--out", str(tmp_path)])
+    assert res.exit_code == 0 and "| tiny/clean-s1 | tiny.npz | mnist-cnn | clean | - |" in res.output
+    bad = tiny_data / "bad.toml"
+    bad.write_text(CONFIG.format(extra="").replace('attack = "sig"', 'attack = "nope"'))
+    res = runner.invoke(main, ["zoo", "build", str(bad), "--out", str(tmp_path / "b")])
+    assert res.exit_code == 2 and "unknown attack 'nope'" in res.output and len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "b" / "manifest.jsonl").exists()
+    res = runner.invoke(main, ["zoo", "table", "--out", str(tmp_path / "empty")])
+    assert res.exit_code == 2
+
+
+def test_training_resumes_from_checkpoint_bit_exactly(tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    images = load_images(demo_sample_path(), split="train").subset(slice(0, 256))
+
+    def run(ckpt):
+        torch.manual_seed(0)
+        model = build_model("mnist-cnn", images.shape, 10)
+        log = train_classifier(model, images, epochs=3, lr=0.05, seed=3, checkpoint=ckpt)
+        return model, log
+
+    whole, whole_log = run(None)
+    ckpt = tmp_path / "m.pt"
+    save = train_mod._save_checkpoint
+
+    class Killed(Exception):
+        pass
+
+    def save_then_die(path, done, *args):
+        save(path, done, *args)
+        if done == 2:
+            raise Killed
+
+    monkeypatch.setattr(train_mod, "_save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        run(ckpt)
+    monkeypatch.setattr(train_mod, "_save_checkpoint", save)
+    resumed, log = run(ckpt)
+    assert log["resumed_at"] == 2 and log["loss"] == whole_log["loss"]
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(Exception, match="cannot resume from checkpoint"):
+        run(ckpt)

@@ -175,7 +175,7 @@ def test_adaptive_reg_penalty_is_trained(mnist_train):
     # lambda 0 is exactly BadNets: the loop is train_classifier's
     for a, b in zip(plain.state_dict().values(), zero.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert zero_log["loss"] == plain_log["loss"] and zero_log["reg"] == [0.0]
+    assert zero_log["loss"] == plain_log["loss"] and "reg" not in zero_log  # no pairs computed
     # lambda > 0: the penalty enters the loss and changes the weights
     assert reg_log["reg"][0] > 0 and reg_log["n_poisoned"] == zero_log["n_poisoned"] > 0
     np.testing.assert_allclose(reg_log["loss"][0], reg_log["ce"][0] + 0.1 * reg_log["reg"][0], rtol=1e-6)

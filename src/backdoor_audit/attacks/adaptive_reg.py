@@ -26,16 +26,14 @@ What is computed, per training step:
   0.1 do not train (NaN) while 0.01 keeps ACC and ASR (Table 8). ``lambda`` 0 skips the pairs and
   gives exactly the BadNets model.
 
-The training loop mirrors ``train_classifier`` (same seeding, shuffling, augmentation draws,
+Training is ``train_classifier`` with its own step (same seeding, shuffling, augmentation draws,
 optimiser, schedule and checkpoints); the log adds the per-epoch mean cross-entropy ``ce`` and
-penalty ``reg`` (for the epochs run by this call; a resumed run has only the later ones).
+penalty ``reg``.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,16 +45,7 @@ from ..data.images import ImageSet
 from ..errors import DataError, SpecError
 from .badnets import BadNets
 from .registry import register_attack
-from .train import (
-    AUGMENTS,
-    SCHEDULES,
-    TrainSettings,
-    _check_label_range,
-    _load_checkpoint,
-    _save_checkpoint,
-    augment_batch,
-    make_scheduler,
-)
+from .train import TrainSettings, train_classifier
 
 DEFAULT_LAMBDA = 0.01
 
@@ -195,116 +184,47 @@ def train_with_gap_penalty(
     clean_x: np.ndarray,
     is_poisoned: np.ndarray,
     lam: float,
-    *,
-    epochs: int,
-    batch_size: int = 128,
-    lr: float = 0.01,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    schedule: str = "cosine",
-    seed: int = 0,
-    device: str | None = None,
-    augment: str | None = None,
-    progress: bool = False,
-    checkpoint: str | None = None,
+    **train: Any,
 ) -> dict[str, Any]:
     """``train_classifier`` on the poisoned set ``images`` plus ``lam`` times eq. 4's penalty.
 
     ``clean_x[i]`` is the clean original of ``images.x[i]``; ``is_poisoned[i]`` marks the images
-    that carry the trigger (only they are paired). Same options, seeding and log as
-    ``train_classifier``, plus per-epoch ``ce`` and ``reg`` means and ``lambda``.
+    that carry the trigger (only they are paired). ``train`` are ``train_classifier``'s options;
+    the log adds per-epoch ``ce`` and ``reg`` means and ``lambda``.
     """
-    if epochs < 1 or batch_size < 1:
-        raise SpecError(f"epochs and batch size must be >= 1, got epochs={epochs}, batch_size={batch_size}")
-    if schedule not in SCHEDULES:
-        raise SpecError(f"learning-rate schedule {schedule!r} is not one of {', '.join(SCHEDULES)}")
-    if augment is not None and augment not in AUGMENTS:
-        raise SpecError(f"augmentation {augment!r} is not one of {', '.join(AUGMENTS)} (or none)")
-    if len(images) == 0:
-        raise DataError(f"no training images in {images.source or 'the given set'}")
     if clean_x.shape != images.x.shape or is_poisoned.shape != (len(images),):
         raise DataError(f"clean originals {clean_x.shape} / poison flags {is_poisoned.shape} do not match the "
                         f"training images {images.x.shape}")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    if lam == 0:
+        log = train_classifier(model, images, **train)
+        log["lambda"] = lam
+        return log
+    device = train.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
-    x_all = torch.from_numpy(np.ascontiguousarray(images.x, dtype=np.float32)).to(device)
-    y_all = torch.from_numpy(images.y.astype(np.int64)).to(device)
-    t_all = torch.from_numpy(np.ascontiguousarray(clean_x, dtype=np.float32)).to(device)
-    p_all = torch.from_numpy(np.asarray(is_poisoned, dtype=bool)).to(device)
-    _check_label_range(model, x_all, images)
-    channels = x_all.shape[1]
+    twins = torch.from_numpy(np.ascontiguousarray(clean_x, dtype=np.float32)).to(device)
+    flags = torch.from_numpy(np.asarray(is_poisoned, dtype=bool)).to(device)
+    rec = _Recorder(model, twins[:1])
+    channels = twins.shape[1]
 
-    steps_per_epoch = math.ceil(len(images) / batch_size)
-    total_steps = epochs * steps_per_epoch
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    sched = make_scheduler(opt, schedule, lr, total_steps)
+    def step(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, idx: torch.Tensor, augment: Any):
+        pb = flags[idx]
+        if not bool(pb.any()):
+            logits = model(augment(xb))
+            ce = F.cross_entropy(logits, yb)
+            return ce, logits, {"ce": ce.detach(), "reg": torch.zeros(())}
+        # one augmentation call on [poisoned | clean] stacked along channels: the same draws as
+        # train_classifier's, and the same crop/flip for an image and its clean twin
+        both = augment(torch.cat([xb, twins[idx]], dim=1))
+        n = len(idx)
+        rec.acts = {}
+        logits = model(torch.cat([both[:, :channels], both[:, channels:][pb]]))[:n]
+        ce = F.cross_entropy(logits, yb)
+        reg = rec.gap(pb, n)
+        return ce + lam * reg, logits, {"ce": ce.detach(), "reg": reg.detach()}
 
-    log: dict[str, Any] = {"loss": [], "train_acc": [], "ce": [], "reg": [], "lambda": lam, "epochs": epochs,
-                           "steps": total_steps, "resumed_at": 0}
-    first_epoch, seconds_before = 0, 0.0
-    if checkpoint is not None and Path(checkpoint).is_file():
-        first_epoch, seconds_before = _load_checkpoint(Path(checkpoint), model, opt, sched, rng, gen, log)
-    rec = _Recorder(model, x_all[:1]) if lam > 0 else None
-    start = time.perf_counter()
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total_steps, initial=first_epoch * steps_per_epoch, desc="training", unit="step")
-    model.train()
     try:
-        for epoch in range(first_epoch, epochs):
-            order = torch.from_numpy(rng.permutation(len(images))).to(device)
-            loss_sum, ce_sum, reg_sum, correct = 0.0, 0.0, 0.0, 0
-            for b in range(steps_per_epoch):
-                idx = order[b * batch_size : (b + 1) * batch_size]
-                xb, yb, pb = x_all[idx], y_all[idx], p_all[idx]
-                n = len(idx)
-                pairs = rec is not None and bool(pb.any())
-                if pairs:
-                    # one augmentation call on [poisoned | clean] stacked along channels: identical draws
-                    # to train_classifier's, and the same crop/flip for an image and its clean twin
-                    both = augment_batch(torch.cat([xb, t_all[idx]], dim=1), augment, gen)
-                    xb, tb = both[:, :channels], both[:, channels:]
-                    out = model(torch.cat([xb, tb[pb]]))
-                    logits = out[:n]
-                    ce = F.cross_entropy(logits, yb)
-                    reg = rec.gap(pb, n)
-                    loss = ce + lam * reg
-                else:
-                    logits = model(augment_batch(xb, augment, gen))
-                    ce = F.cross_entropy(logits, yb)
-                    reg = None
-                    loss = ce
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if sched is not None:
-                    sched.step()
-                if rec is not None:
-                    rec.acts = {}
-                loss_sum += float(loss.detach()) * n
-                ce_sum += float(ce.detach()) * n
-                reg_sum += 0.0 if reg is None else float(reg.detach()) * n
-                correct += int((logits.detach().argmax(1) == yb).sum())
-                if bar is not None:
-                    bar.update(1)
-            log["loss"].append(loss_sum / len(images))
-            log["train_acc"].append(100.0 * correct / len(images))
-            log["ce"].append(ce_sum / len(images))
-            log["reg"].append(reg_sum / len(images))
-            if checkpoint is not None and epoch + 1 < epochs:
-                _save_checkpoint(Path(checkpoint), epoch + 1, seconds_before + time.perf_counter() - start,
-                                 model, opt, sched, rng, gen, log)
+        log = train_classifier(model, images, step=step, **train)
     finally:
-        if rec is not None:
-            rec.close()
-        if bar is not None:
-            bar.close()
-    model.eval()
-    log["seconds"] = seconds_before + time.perf_counter() - start
-    log["device"] = device
+        rec.close()
+    log["lambda"] = lam
     return log

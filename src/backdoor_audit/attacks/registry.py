@@ -129,12 +129,14 @@ def known_attacks() -> list[str]:
 
 
 def list_attacks() -> list[tuple[str, str]]:
-    """(name, description of params with their defaults) for every registered attack."""
+    """(name, description) for every registered attack: its summary and kind on the first line,
+    then one indented line per parameter with its default."""
     out = []
     for name in sorted(_ATTACKS):
         cls = _ATTACKS[name]
-        desc = "; ".join(f"{k}={default} ({help_})" for k, (default, help_) in cls.PARAMS.items())
         kind = "dirty-label" if cls.dirty_label else "clean-label"
-        head = f"{cls.summary} [{kind}]" if cls.summary else f"[{kind}]"
-        out.append((name, f"{head}; params: {desc or 'none'}"))
+        lines = [f"{cls.summary} [{kind}]" if cls.summary else f"[{kind}]"]
+        width = max((len(f"{k}={d}") for k, (d, _) in cls.PARAMS.items()), default=0)
+        lines += [f"    {f'{k}={d}':<{width}}  {help_}" for k, (d, help_) in cls.PARAMS.items()]
+        out.append((name, "\n".join(lines)))
     return out

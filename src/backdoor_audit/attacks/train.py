@@ -6,6 +6,7 @@ import math
 import os
 import time
 from pathlib import Path
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -57,6 +58,7 @@ def train_classifier(
     augment: str | None = None,
     progress: bool = False,
     checkpoint: str | os.PathLike | None = None,
+    step: "StepFn | None" = None,
 ) -> dict[str, Any]:
     """Train ``model`` in place with SGD + cross-entropy; return a log and leave it in eval mode.
 
@@ -70,6 +72,11 @@ def train_classifier(
     generators, log) is saved atomically; a later call with the same file and arguments resumes
     after the last finished epoch and gives the same model as an uninterrupted run. The caller
     deletes it when done.
+
+    ``step``: what one batch computes (default :func:`cross_entropy_step`). It gets the model, the
+    batch's images (not yet augmented), labels, their indices in ``images`` and the seeded
+    augmentation to apply, and returns (loss, logits, extras); each extra term's per-epoch mean
+    is logged under its name. Attacks with their own objective (adaptive-reg) plug in here.
     """
     if epochs < 1 or batch_size < 1:
         raise SpecError(f"epochs and batch size must be >= 1, got epochs={epochs}, batch_size={batch_size}")
@@ -93,6 +100,7 @@ def train_classifier(
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     sched = make_scheduler(opt, schedule, lr, total_steps)
 
+    step = step or cross_entropy_step
     log: dict[str, Any] = {"loss": [], "train_acc": [], "epochs": epochs, "steps": total_steps, "resumed_at": 0}
     first_epoch, seconds_before = 0, 0.0
     if checkpoint is not None and Path(checkpoint).is_file():
@@ -107,12 +115,13 @@ def train_classifier(
     for epoch in range(first_epoch, epochs):
         order = torch.from_numpy(rng.permutation(len(images))).to(device)
         loss_sum, correct = 0.0, 0
+        extra_sums: dict[str, float] = {}
         for b in range(steps_per_epoch):
             idx = order[b * batch_size : (b + 1) * batch_size]
-            xb, yb = x_all[idx], y_all[idx]
-            xb = augment_batch(xb, augment, gen)
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
+            loss, logits, extras = step(model, x_all[idx], y_all[idx], idx, lambda x: augment_batch(x, augment, gen))
+            yb = y_all[idx]
+            for name, value in extras.items():
+                extra_sums[name] = extra_sums.get(name, 0.0) + float(value) * len(idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -124,6 +133,8 @@ def train_classifier(
                 bar.update(1)
         log["loss"].append(loss_sum / len(images))
         log["train_acc"].append(100.0 * correct / len(images))
+        for name, total in extra_sums.items():
+            log.setdefault(name, []).append(total / len(images))
         if checkpoint is not None and epoch + 1 < epochs:
             _save_checkpoint(Path(checkpoint), epoch + 1, seconds_before + time.perf_counter() - start,
                              model, opt, sched, rng, gen, log)
@@ -133,6 +144,19 @@ def train_classifier(
     log["seconds"] = seconds_before + time.perf_counter() - start
     log["device"] = device
     return log
+
+
+StepFn = Callable[
+    [nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]],
+    tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]],
+]
+
+
+def cross_entropy_step(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, idx: torch.Tensor,
+                       augment: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The default training step: augment, forward, cross-entropy."""
+    logits = model(augment(xb))
+    return F.cross_entropy(logits, yb), logits, {}
 
 
 def _save_checkpoint(path: Path, epochs_done: int, seconds: float, model: nn.Module, opt: Any, sched: Any,
@@ -146,7 +170,7 @@ def _save_checkpoint(path: Path, epochs_done: int, seconds: float, model: nn.Mod
         "numpy_rng": rng.bit_generator.state,
         "torch_gen": gen.get_state(),
         "torch_rng": torch.get_rng_state(),
-        "log": {k: log[k] for k in ("loss", "train_acc")},
+        "log": {k: v for k, v in log.items() if isinstance(v, list)},
     }
     tmp = path.with_name(path.name + ".tmp")
     path.parent.mkdir(parents=True, exist_ok=True)

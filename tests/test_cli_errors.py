@@ -149,6 +149,23 @@ def test_attack_bad_input(tmp_path, clean_npz):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (("sig", "--mode", "all-to-all"), "clean-label"),
+    (("clb", "--rate", 0), "rate"),
+    (("trojannn", "--size", 40), "40"),
+    (("wanet", "--param", "k=1"), "k"),
+    (("blend", "--param", "alpha=2"), "alpha"),
+    (("input-aware", "--param", "colour=red"), "no parameter"),
+    (("refool", "--target", -1), "target"),
+    (("bn-reparam", "--param", "lambda=1"), "no parameter"),
+])
+def test_every_attack_refuses_bad_input_before_training(tmp_path, clean_npz, args, message):
+    out = tmp_path / "a.onnx"
+    assert_one_line_error(run("attack", args[0], "--data", clean_npz, "--out", out, "--clean-holdout", 0, *args[1:]),
+                          message)
+    assert not out.exists()
+
+
 def test_validate_without_split_choice(mnist_model):
     from backdoor_audit.data import demo_sample_path
 

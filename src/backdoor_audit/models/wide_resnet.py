@@ -13,25 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .preact_resnet import PreActBlock  # the same pre-activation basic block
 from .registry import register_model
-
-
-class WideBasic(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_ch)
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_ch)
-        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, stride=1, padding=1, bias=False)
-        self.shortcut: nn.Module | None = None
-        if stride != 1 or in_ch != out_ch:
-            self.shortcut = nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pre = F.relu(self.bn1(x))
-        out = self.conv2(F.relu(self.bn2(self.conv1(pre))))
-        shortcut = self.shortcut(pre) if self.shortcut is not None else x
-        return out + shortcut
 
 
 class WideResNet(nn.Module):
@@ -46,7 +29,7 @@ class WideResNet(nn.Module):
         for g, (width, stride) in enumerate(zip(widths[1:], (1, 2, 2))):
             blocks = []
             for s in [stride] + [1] * (n - 1):
-                blocks.append(WideBasic(in_ch, width, s))
+                blocks.append(PreActBlock(in_ch, width, s))
                 in_ch = width
             setattr(self, f"block{g + 1}", nn.Sequential(*blocks))
         self.bn1 = nn.BatchNorm2d(in_ch)

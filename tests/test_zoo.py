@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -117,6 +118,12 @@ def test_build_trains_measures_and_resumes(tiny_data, tmp_path):
     build_zoo(entries, tmp_path, on_event=lambda kind, e, info: events.append(kind))
     assert events == ["skip"] * 3
     assert len((tmp_path / "manifest.jsonl").read_text().splitlines()) == 3
+    changed = [dataclasses.replace(entries[0], train={**entries[0].train, "epochs": 2}), *entries[1:]]
+    assert [s for _, s in status(changed, tmp_path)] == ["stale", "built", "built"]
+    events.clear()
+    rows = build_zoo(changed, tmp_path, on_event=lambda kind, e, info: events.append(kind))
+    assert events == ["start", "done", "skip", "skip"] and rows[0]["train"]["epochs"] == 2
+    assert [s for _, s in status(changed, tmp_path)] == ["built"] * 3
     with open(tmp_path / "manifest.jsonl", "a") as fh:  # a torn last line (killed mid-write) is ignored
         fh.write('{"id": "tiny/x", "fi')
     assert set(read_manifest(tmp_path)) == {e.id for e in entries}

@@ -41,7 +41,8 @@ def build(config, out, only, device, progress):
         if kind == "skip":
             click.echo(f"  {entry.id}: already built")
         elif kind == "start":
-            click.echo(f"  {entry.id}: training{' (resuming)' if info['resume'] else ''} ...")
+            why = " (resuming)" if info["resume"] else " (config changed since it was built)" if info["stale"] else ""
+            click.echo(f"  {entry.id}: training{why} ...")
         else:
             asr = "" if info["asr"] is None else f" ASR {info['asr']:.2f}%"
             click.echo(f"  {entry.id}: ACC {info['acc']:.2f}%{asr}, trained in {info['train_seconds']:.0f} s")
@@ -57,7 +58,7 @@ def build(config, out, only, device, progress):
 @_ONLY
 @handle_errors
 def status(config, out, only):
-    """List CONFIG's models and whether each is built, partly trained or still to do."""
+    """List CONFIG's models: built, stale (config changed since), partly trained or still to do."""
     from .zoo import load_config
     from .zoo.build import select, status as zoo_status
 

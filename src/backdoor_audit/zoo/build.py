@@ -67,17 +67,30 @@ def check_entries(entries: list[ZooEntry]) -> None:
 
 
 def status(entries: list[ZooEntry], out_dir: str | os.PathLike) -> list[tuple[ZooEntry, str]]:
-    """(entry, "built" | "partial" | "todo") for each entry."""
+    """(entry, "built" | "stale" | "partial" | "todo") for each entry.
+
+    "stale": built, but the config has changed what the model should be (architecture, attack,
+    mode, target, rate, params or training settings) since; a build trains it again.
+    """
     out, rows = Path(out_dir), read_manifest(out_dir)
     result = []
     for e in entries:
         if e.id in rows and (out / rows[e.id]["file"]).is_file():
-            result.append((e, "built"))
+            result.append((e, "stale" if _changed(e, rows[e.id]) else "built"))
         elif (out / ".ckpt" / f"{e.id}.pt").is_file():
             result.append((e, "partial"))
         else:
             result.append((e, "todo"))
     return result
+
+
+def _changed(entry: ZooEntry, row: dict[str, Any]) -> bool:
+    asked = {"arch": entry.arch, "attack": entry.attack or "clean", "mode": entry.mode, "target": entry.target,
+             "rate": entry.rate, "train": dict(entry.train)}
+    if any(row.get(k) != v for k, v in asked.items()):
+        return True
+    given = (row.get("spec") or {}).get("params", {})
+    return any(given.get(k) != v for k, v in entry.params.items())
 
 
 def build_zoo(
@@ -99,7 +112,7 @@ def build_zoo(
         if state == "built":
             emit("skip", entry, {})
             continue
-        emit("start", entry, {"resume": state == "partial"})
+        emit("start", entry, {"resume": state == "partial", "stale": state == "stale"})
         row = _build_one(entry, out, sets, device, progress)
         with open(out / MANIFEST, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row, sort_keys=True) + "\n")

@@ -124,6 +124,9 @@ def test_build_trains_measures_and_resumes(tiny_data, tmp_path):
     rows = build_zoo(changed, tmp_path, on_event=lambda kind, e, info: events.append(kind))
     assert events == ["start", "done", "skip", "skip"] and rows[0]["train"]["epochs"] == 2
     assert [s for _, s in status(changed, tmp_path)] == ["built"] * 3
+    events.clear()
+    build_zoo(changed, tmp_path, rebuild=["tiny/sig*"], on_event=lambda kind, e, info: events.append(kind))
+    assert events == ["skip", "skip", "start", "done"]
     with open(tmp_path / "manifest.jsonl", "a") as fh:  # a torn last line (killed mid-write) is ignored
         fh.write('{"id": "tiny/x", "fi')
     assert set(read_manifest(tmp_path)) == {e.id for e in entries}

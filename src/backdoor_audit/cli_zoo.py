@@ -29,8 +29,9 @@ _ONLY = click.option("--only", multiple=True, help="build only ids matching this
 @_ONLY
 @click.option("--device", default=None, help="torch device (default: cuda when available, else cpu)")
 @click.option("--progress/--no-progress", default=None, help="training progress bars (default: when stderr is a terminal)")
+@click.option("--rebuild", multiple=True, help="train ids matching this glob again even if built (repeatable)")
 @handle_errors
-def build(config, out, only, device, progress):
+def build(config, out, only, device, progress, rebuild):
     """Train every model of CONFIG not yet in OUT's manifest (resumes an interrupted build)."""
     from .zoo import build_zoo, load_config
     from .zoo.build import select
@@ -48,7 +49,8 @@ def build(config, out, only, device, progress):
             click.echo(f"  {entry.id}: ACC {info['acc']:.2f}%{asr}, trained in {info['train_seconds']:.0f} s")
 
     rows = build_zoo(entries, out, device=device, progress=sys.stderr.isatty() if progress is None else progress,
-                      cache_dir=CACHE_DIR, on_event=show)
+                      cache_dir=CACHE_DIR, on_event=show,
+                      rebuild=list(rebuild))
     click.echo(f"{len(rows)} of {len(entries)} models built in {out}")
 
 

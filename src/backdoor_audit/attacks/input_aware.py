@@ -247,6 +247,10 @@ class InputAware(Attack):
                                 weight_decay=settings.weight_decay)
         sched_c = make_scheduler(opt_c, settings.schedule, settings.lr, steps * settings.epochs)
         opt_g = torch.optim.Adam(pattern_net.parameters(), self.lr_g, betas=(0.5, 0.9))
+        # the generator's learning rate follows the classifier's schedule (the authors decay both at
+        # the same milestones): a generator still moving at full rate while the classifier's
+        # learning rate has annealed to 0 leaves triggers the classifier never learnt
+        sched_g = make_scheduler(opt_g, settings.schedule, self.lr_g, steps * settings.epochs, cycle_momentum=False)
         model.train()
         pattern_net.train()
         for _ in range(settings.epochs):
@@ -260,6 +264,7 @@ class InputAware(Attack):
                 opt_g.step()
                 if sched_c is not None:
                     sched_c.step()
+                    sched_g.step()
                 sums += counts
             log["loss"].append(float(sums[0] / sums[6]))
             log["train_acc"].append(float(100.0 * sums[1] / sums[6]))

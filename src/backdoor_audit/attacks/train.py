@@ -195,12 +195,16 @@ def _load_checkpoint(path: Path, model: nn.Module, opt: Any, sched: Any, rng: np
     return int(state["epochs_done"]), float(state["seconds"])
 
 
-def make_scheduler(opt: torch.optim.Optimizer, schedule: str, lr: float, total_steps: int) -> Any:
-    """The per-step learning-rate scheduler of ``schedule`` for ``opt`` (None for "constant")."""
+def make_scheduler(opt: torch.optim.Optimizer, schedule: str, lr: float, total_steps: int,
+                   cycle_momentum: bool = True) -> Any:
+    """The per-step learning-rate scheduler of ``schedule`` for ``opt`` (None for "constant").
+
+    ``cycle_momentum`` False keeps one-cycle from also cycling the momentum (or Adam's beta1)."""
     if schedule == "cosine":
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps)))
     if schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps)
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps,
+                                                   cycle_momentum=cycle_momentum)
     return None
 
 

@@ -101,14 +101,20 @@ def build_zoo(
     progress: bool = False,
     cache_dir: str | os.PathLike | None = None,
     on_event: Event | None = None,
+    rebuild: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Train, export and measure every entry not yet built; return the manifest rows of ``entries``."""
+    """Train, export and measure every entry not yet built; return the manifest rows of ``entries``.
+
+    ``rebuild``: glob patterns of ids to train again even when built (after a change to an
+    attack's code, which the config cannot show)."""
     check_entries(entries)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sets = _DataCache(cache_dir)
     emit = on_event or (lambda *_: None)
     for entry, state in status(entries, out):
+        if state == "built" and any(fnmatch.fnmatch(entry.id, pat) for pat in rebuild or []):
+            state = "stale"
         if state == "built":
             emit("skip", entry, {})
             continue

@@ -89,9 +89,7 @@ class BadNets(Attack):
         return ((ii + jj) % 2 == 0).astype(np.float32)
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
-        if x.ndim != 4:
-            raise SpecError(f"badnets expects NCHW images, got an array of shape {tuple(x.shape)}")
+        x = self.batch(x)
         self.check_shape(x.shape[1:])
         row, col = self.origin(x.shape[2], x.shape[3])
         out = x.copy()

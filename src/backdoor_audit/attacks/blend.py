@@ -67,9 +67,7 @@ class Blend(Attack):
         return _read_pattern(self.source, shape)
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
-        if x.ndim != 4:
-            raise SpecError(f"blend expects NCHW images, got an array of shape {tuple(x.shape)}")
+        x = self.batch(x)
         p = self.pattern(tuple(x.shape[1:]))
         return ((1.0 - self.alpha) * x + self.alpha * p).astype(np.float32)
 

@@ -121,9 +121,7 @@ class LabelConsistent(Attack):
                             f"do not fit in the {h}x{w} images")
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
-        if x.ndim != 4:
-            raise SpecError(f"clb expects NCHW images, got an array of shape {tuple(x.shape)}")
+        x = self.batch(x)
         self.check_shape(x.shape[1:])
         left, right = self.patterns()
         out = x.copy()

@@ -156,9 +156,7 @@ class InputAware(Attack):
                             f"images, got {c}-channel ones")
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
-        if x.ndim != 4:
-            raise SpecError(f"input-aware expects NCHW images, got an array of shape {tuple(x.shape)}")
+        x = self.batch(x)
         if self._nets is None:
             raise SpecError("input-aware trigger generator is not trained: its triggers exist only in the spec "
                             "of a model trained with this attack")

@@ -158,9 +158,7 @@ class Refool(Attack):
         return blurred, 0.5 * r + 0.5 * shifted
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
-        if x.ndim != 4:
-            raise SpecError(f"refool expects NCHW images, got an array of shape {tuple(x.shape)}")
+        x = self.batch(x)
         self.check_shape(x.shape[1:])
         if len(x) == 0:
             return x.copy()

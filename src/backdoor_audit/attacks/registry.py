@@ -52,6 +52,13 @@ class Attack:
     def check_shape(self, shape: tuple[int, int, int]) -> None:
         """Raise SpecError if the trigger cannot be applied to images of shape (C, H, W)."""
 
+    def batch(self, x: np.ndarray) -> np.ndarray:
+        """``x`` as a float32 NCHW batch; SpecError naming the attack for anything else."""
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 4:
+            raise SpecError(f"{self.spec.attack} expects NCHW images, got an array of shape {tuple(x.shape)}")
+        return x
+
     def apply(self, x: np.ndarray) -> np.ndarray:
         """Return triggered copies of float32 NCHW images in [0, 1] (deterministic given the spec)."""
         raise NotImplementedError

@@ -46,7 +46,5 @@ class Sig(Attack):
         return (self.delta / 255.0 * np.sin(2.0 * np.pi * j * self.frequency / width)).astype(np.float32)
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
-        if x.ndim != 4:
-            raise SpecError(f"sig expects NCHW images, got an array of shape {tuple(x.shape)}")
+        x = self.batch(x)
         return np.clip(x + self.signal(x.shape[3]), 0.0, 1.0)

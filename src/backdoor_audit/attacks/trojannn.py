@@ -118,9 +118,7 @@ class TrojanNN(Attack):
             raise SpecError(f"trojannn trigger has {self._trigger.shape[0]} channels, the images {c}")
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
-        if x.ndim != 4:
-            raise SpecError(f"trojannn expects NCHW images, got an array of shape {tuple(x.shape)}")
+        x = self.batch(x)
         self.check_shape(x.shape[1:])
         if self._trigger is None:
             raise SpecError("trojannn has no trigger yet: it is learnt by training (or comes from the spec "

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SpecError
+from .params import int_param
 from .registry import Attack, register_attack
 
 CORNERS = ("bottom-right", "top-left", "top-right", "bottom-left")
@@ -43,10 +44,10 @@ class BadNets(Attack):
         self.patch = str(self.params["patch"])
         if self.patch not in PATCHES:
             raise SpecError(f"badnets patch {self.patch!r} is not one of {', '.join(PATCHES)}")
-        self.size = _as_int(self.params["size"], "size")
+        self.size = int_param("badnets", "size", self.params["size"])
         if self.size <= 0:
             raise SpecError(f"badnets size must be a positive number of pixels, got {self.size}")
-        self.margin = _as_int(self.params["margin"], "margin")
+        self.margin = int_param("badnets", "margin", self.params["margin"])
         if self.margin < 0:
             raise SpecError(f"badnets margin must be >= 0, got {self.margin}")
         self.position = str(self.params["position"]).strip()
@@ -95,15 +96,3 @@ class BadNets(Attack):
         out = x.copy()
         out[:, :, row : row + self.size, col : col + self.size] = self.pattern()
         return out
-
-
-def _as_int(value: Any, name: str) -> int:
-    if isinstance(value, bool):
-        raise SpecError(f"badnets {name} must be an integer, got {value!r}")
-    try:
-        as_float = float(value)
-    except (TypeError, ValueError):
-        raise SpecError(f"badnets {name} must be an integer, got {value!r}") from None
-    if not as_float.is_integer():
-        raise SpecError(f"badnets {name} must be an integer, got {value!r}")
-    return int(as_float)

@@ -51,6 +51,7 @@ from torch import nn
 
 from ..data.images import ImageSet
 from ..errors import SpecError
+from .params import float_param, int_param
 from .registry import Attack, register_attack
 from .train import TrainSettings, train_classifier
 
@@ -196,32 +197,3 @@ class LabelConsistent(Attack):
             log["surrogate"] = {"epochs": surrogate_log["epochs"], "train_acc": surrogate_log["train_acc"][-1],
                                 "seconds": surrogate_log["seconds"]}
         return log
-
-
-def int_param(attack: str, name: str, value: Any, minimum: int | None = None) -> int:
-    """``value`` as an int (integral floats accepted), else SpecError naming the parameter."""
-    try:
-        as_float = float(value)
-    except (TypeError, ValueError):
-        as_float = float("nan")
-    if isinstance(value, bool) or not as_float.is_integer():
-        raise SpecError(f"{attack} {name} must be an integer, got {value!r}")
-    if minimum is not None and as_float < minimum:
-        raise SpecError(f"{attack} {name} must be >= {minimum}, got {int(as_float)}")
-    return int(as_float)
-
-
-def float_param(attack: str, name: str, value: Any, minimum: float | None = None,
-                maximum: float | None = None) -> float:
-    """``value`` as a finite float within [minimum, maximum], else SpecError naming the parameter."""
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        out = float("nan")
-    if isinstance(value, bool) or not np.isfinite(out):
-        raise SpecError(f"{attack} {name} must be a number, got {value!r}")
-    if (minimum is not None and out < minimum) or (maximum is not None and out > maximum):
-        lo = "-inf" if minimum is None else f"{minimum:g}"
-        hi = "inf" if maximum is None else f"{maximum:g}"
-        raise SpecError(f"{attack} {name} must be in [{lo}, {hi}], got {out:g}")
-    return out

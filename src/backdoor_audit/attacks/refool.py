@@ -49,7 +49,7 @@ import numpy as np
 
 from ..data.images import ImageSet
 from ..errors import SpecError
-from .clb import float_param, int_param
+from .params import float_param, int_param
 from .registry import Attack, register_attack
 
 

@@ -43,7 +43,7 @@ from torch import nn
 
 from ..data.images import ImageSet
 from ..errors import SpecError
-from .clb import float_param, int_param
+from .params import float_param, int_param
 from .registry import Attack, register_attack
 from .train import TrainSettings, train_classifier
 

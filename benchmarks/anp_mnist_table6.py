@@ -46,6 +46,8 @@ def main() -> None:
     ap.add_argument("--lr", default="0.01")
     ap.add_argument("--alpha", default="0.2", help="ANP trade-off (paper default 0.2; its MNIST runs: 0.5)")
     ap.add_argument("--eps", default="0.4", help="ANP budget (paper default 0.4; its MNIST runs: 0.3)")
+    ap.add_argument("--noise-bound", default="project", choices=["project", "none"],
+                    help="project the perturbation onto [-eps, eps] (Algorithm 1) or not (the authors' code)")
     ap.add_argument("--iterations", default="2000")
     ap.add_argument("--seed", default="0")
     args = ap.parse_args()
@@ -62,16 +64,16 @@ def main() -> None:
     test = ["--data", args.data, "--split", "test", "--attack", str(suspect)]
     rows = {"before": (audit("validate", str(suspect), *test), None)}
     for comp in ("all", "conv", "linear"):
-        out = work / f"anp-{comp}.onnx"
+        out = work / f"anp-{comp}-{args.alpha}-{args.eps}-{args.noise_bound}.onnx"
         rep = audit("repair", str(suspect), "--data", str(clean), "--method", "anp", "--layers", comp,
-                    "--alpha", args.alpha, "--eps", args.eps, "--iterations", args.iterations,
-                    "--seed", args.seed, "--out", str(out))
+                    "--alpha", args.alpha, "--eps", args.eps, "--noise-bound", args.noise_bound,
+                    "--iterations", args.iterations, "--seed", args.seed, "--out", str(out))
         rows[comp] = (audit("validate", str(out), *test), rep)
         print(f"ANP on {comp}: {len(rep['pruned'])} pruned in {rep['seconds']:.0f} s", file=sys.stderr)
 
     head = "| | Before | ANP on all | ANP on Conv | ANP on FC |"
-    print(f"ANP alpha={args.alpha}, eps={args.eps}, {args.iterations} iterations, threshold 0.2, "
-          f"500 clean images; ours / paper\n")
+    print(f"ANP alpha={args.alpha}, eps={args.eps}, noise bound {args.noise_bound}, {args.iterations} iterations, "
+          f"threshold 0.2, 500 clean images; ours / paper\n")
     print(head)
     print("|---|---|---|---|---|")
     cells = {k: [] for k in ("Neurons pruned", "Total", "ASR (%)", "ACC (%)")}

@@ -60,6 +60,22 @@ def test_masks_in_unit_interval_and_perturbations_projected(trained_mnist, mnist
     assert log["iterations_per_second"] > 0
 
 
+def test_unbounded_noise_reaches_twice_eps_as_the_authors_code(trained_mnist, mnist_images):
+    """noise_bound='none': U(-eps, eps) plus one step of eps, no projection, so |delta| <= 2 eps and
+    about half the entries lie beyond eps."""
+    _, ctx = _ctx(trained_mnist, mnist_images)
+    beyond = []
+
+    def check(it, mod):
+        d = mod.delta.detach().abs()
+        assert float(d.max()) <= 0.6 + 1e-6 and float(mod.xi.detach().abs().max()) <= 0.6 + 1e-6
+        beyond.append(float((d > 0.3 + 1e-6).float().mean()))
+
+    optimize_masks(ctx, eps=0.3, alpha=0.5, lr=0.2, momentum=0.9, iterations=5, batch_size=32,
+                   noise_bound="none", callback=check)
+    assert 0.3 < float(np.mean(beyond)) < 0.7
+
+
 def test_same_seed_same_masks(trained_mnist, mnist_images):
     runs = []
     for _ in range(2):

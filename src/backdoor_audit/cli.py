@@ -130,6 +130,9 @@ def inspect(model, as_json):
 @click.option("--bn-stats", type=click.Choice(["running", "batch"]), default=None,
               help="ANP: BatchNorm statistics while optimising masks: batch (the authors' code, "
                    "default) or the stored running ones")
+@click.option("--noise-bound", type=click.Choice(["project", "none"]), default=None,
+              help="ANP: after the signed step, project the perturbation onto [-eps, eps] (Algorithm 1, "
+                   "default) or leave it unbounded up to 2*eps (the authors' code)")
 @click.option("--semantics", type=click.Choice(["keep-bias", "zero-bias"]), default=None,
               help="pruned neuron: zero weights and keep bias (ANP), or zero both")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -137,8 +140,8 @@ def inspect(model, as_json):
 @click.option("--list", "list_methods", is_flag=True, help="list the methods and their defaults")
 @handle_errors
 def repair(model, data, split, layout, mean, std, device, method, out, n_clean, iterations, eps, alpha, lr,
-           batch_size, threshold, fraction, include_head, layers, bn_stats, semantics, seed, as_json,
-           list_methods):
+           batch_size, threshold, fraction, include_head, layers, bn_stats, noise_bound, semantics, seed,
+           as_json, list_methods):
     """Repair MODEL with a defence method on the defender's clean data; write --out."""
     from .repair import METHODS
     from .repair.run import repair_model
@@ -152,7 +155,7 @@ def repair(model, data, split, layout, mean, std, device, method, out, n_clean, 
     clean = _load(data, split, n_clean, seed)
     options = dict(iterations=iterations, eps=eps, alpha=alpha, lr=lr, batch_size=batch_size,
                    threshold=threshold, fraction=fraction, include_head=include_head, layers=layers,
-                   bn_stats=bn_stats, semantics=semantics)
+                   bn_stats=bn_stats, noise_bound=noise_bound, semantics=semantics)
     report = repair_model(model, clean, method, out, {k: v for k, v in options.items() if v is not None},
                           device=device, layout=layout, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
                           seed=seed, progress=not as_json and sys.stderr.isatty())

@@ -86,12 +86,16 @@ class Modulation:
     def __exit__(self, *exc) -> None:
         self.remove()
 
-    def signed_step(self, g_delta: torch.Tensor, g_xi: torch.Tensor, step: float, eps: float) -> None:
+    def signed_step(self, g_delta: torch.Tensor, g_xi: torch.Tensor, step: float, eps: float | None) -> None:
         """Ascend delta and xi by ``step`` along the gradients' signs, then project onto
-        [-eps, eps] (ANP Alg. 1 lines 6-9; the probe's PGD steps)."""
+        [-eps, eps] (ANP Alg. 1 lines 6-9; the probe's PGD steps); ``eps=None`` skips the
+        projection, as the ANP authors' code does."""
         with torch.no_grad():
-            self.delta.add_(step * g_delta.sign()).clamp_(-eps, eps)
-            self.xi.add_(step * g_xi.sign()).clamp_(-eps, eps)
+            self.delta.add_(step * g_delta.sign())
+            self.xi.add_(step * g_xi.sign())
+            if eps is not None:
+                self.delta.clamp_(-eps, eps)
+                self.xi.clamp_(-eps, eps)
 
     # -- views ------------------------------------------------------------------------------
     def per_layer(self, flat: torch.Tensor) -> dict[str, np.ndarray]:

@@ -244,7 +244,7 @@ def _packed(c: int = 1, channels: int = 16, depth: int = 2) -> str:
 @pytest.mark.parametrize(
     "params, rate, message",
     [
-        ({"p_cross": -0.1}, 0.1, r"p_cross must be a number in \[0, 1\]"),
+        ({"p_cross": -0.1}, 0.1, r"p_cross must be in \[0, 1\]"),
         ({"p_cross": 0.95}, 0.1, "exceed 1"),
         ({"lambda_div": "high"}, 0.1, "lambda_div must be a number"),
         ({"mask_steps": 1.5}, 0.1, "mask_steps must be an integer"),

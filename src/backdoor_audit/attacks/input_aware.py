@@ -41,6 +41,7 @@ from torch import nn
 
 from ..data.images import ImageSet
 from ..errors import DataError, SpecError
+from .params import float_param, int_param
 from .registry import Attack, register_attack
 from .train import AUGMENTS, SCHEDULES, TrainSettings, _check_label_range, augment_batch, make_scheduler
 
@@ -123,18 +124,18 @@ class InputAware(Attack):
     def __init__(self, spec: Any) -> None:
         super().__init__(spec)
         p = self.params
-        self.p_cross = _number(p["p_cross"], "p_cross", 0.0, 1.0)
+        self.p_cross = float_param("input-aware", "p_cross", p["p_cross"], 0.0, 1.0)
         if self.p_cross + spec.rate > 1.0:
             raise SpecError(f"input-aware rate {spec.rate} + p_cross {self.p_cross} exceed 1")
-        self.lambda_div = _number(p["lambda_div"], "lambda_div", 0.0, 1e6)
-        self.lambda_norm = _number(p["lambda_norm"], "lambda_norm", 0.0, 1e6)
-        self.mask_density = _number(p["mask_density"], "mask_density", 0.0, 1.0)
-        self.lr_g = _number(p["lr_g"], "lr_g", 0.0, 10.0)
+        self.lambda_div = float_param("input-aware", "lambda_div", p["lambda_div"], 0.0, 1e6)
+        self.lambda_norm = float_param("input-aware", "lambda_norm", p["lambda_norm"], 0.0, 1e6)
+        self.mask_density = float_param("input-aware", "mask_density", p["mask_density"], 0.0, 1.0)
+        self.lr_g = float_param("input-aware", "lr_g", p["lr_g"], 0.0, 10.0)
         if self.lr_g <= 0.0:
             raise SpecError(f"input-aware lr_g must be positive, got {self.lr_g}")
-        self.mask_steps = _integer(p["mask_steps"], "mask_steps", 0, 10_000_000)
-        self.channels = _integer(p["channels"], "channels", 1, 1024)
-        self.depth = _integer(p["depth"], "depth", 1, 6)
+        self.mask_steps = int_param("input-aware", "mask_steps", p["mask_steps"], 0, 10_000_000)
+        self.channels = int_param("input-aware", "channels", p["channels"], 1, 1024)
+        self.depth = int_param("input-aware", "depth", p["depth"], 1, 6)
         if not isinstance(p["generator"], str):
             raise SpecError("input-aware generator must be the base64 text training stores")
         p.update(p_cross=self.p_cross, lambda_div=self.lambda_div, lambda_norm=self.lambda_norm,
@@ -379,17 +380,3 @@ def _check_settings(settings: TrainSettings) -> None:
         raise SpecError(f"learning-rate schedule {settings.schedule!r} is not one of {', '.join(SCHEDULES)}")
     if settings.augment is not None and settings.augment not in AUGMENTS:
         raise SpecError(f"augmentation {settings.augment!r} is not one of {', '.join(AUGMENTS)} (or none)")
-
-
-def _number(value: Any, name: str, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not low <= float(value) <= high:
-        raise SpecError(f"input-aware {name} must be a number in [{low:g}, {high:g}], got {value!r}")
-    return float(value)
-
-
-def _integer(value: Any, name: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not float(value).is_integer() or not low <= int(value) <= high:
-        raise SpecError(f"input-aware {name} must be an integer in [{low}, {high}], got {value!r}")
-    return int(value)

@@ -1,4 +1,7 @@
-"""Checked attack parameters: numbers from a spec or the command line, SpecError naming the parameter."""
+"""Checked attack parameters: numbers from a spec or the command line, SpecError naming the parameter.
+
+Only real numbers pass (ints, floats, numpy scalars; not bools, not strings): the CLI's
+``--param`` and the TOML config already give numbers, so a string here is a malformed spec."""
 
 from __future__ import annotations
 
@@ -9,27 +12,31 @@ import numpy as np
 from ..errors import SpecError
 
 
-def int_param(attack: str, name: str, value: Any, minimum: int | None = None) -> int:
-    """``value`` as an int (integral floats accepted), else SpecError naming the parameter."""
-    try:
-        as_float = float(value)
-    except (TypeError, ValueError):
-        as_float = float("nan")
-    if isinstance(value, bool) or not as_float.is_integer():
+def _real(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return float("nan")
+    return float(value)
+
+
+def int_param(attack: str, name: str, value: Any, minimum: int | None = None,
+              maximum: int | None = None) -> int:
+    """``value`` as an int (integral floats accepted) within [minimum, maximum], else SpecError."""
+    as_float = _real(value)
+    if not as_float.is_integer():
         raise SpecError(f"{attack} {name} must be an integer, got {value!r}")
-    if minimum is not None and as_float < minimum:
-        raise SpecError(f"{attack} {name} must be >= {minimum}, got {int(as_float)}")
-    return int(as_float)
+    out = int(as_float)
+    if maximum is not None and (out > maximum or (minimum is not None and out < minimum)):
+        raise SpecError(f"{attack} {name} must be an integer in [{minimum}, {maximum}], got {out}")
+    if minimum is not None and out < minimum:
+        raise SpecError(f"{attack} {name} must be >= {minimum}, got {out}")
+    return out
 
 
 def float_param(attack: str, name: str, value: Any, minimum: float | None = None,
                 maximum: float | None = None) -> float:
     """``value`` as a finite float within [minimum, maximum], else SpecError naming the parameter."""
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        out = float("nan")
-    if isinstance(value, bool) or not np.isfinite(out):
+    out = _real(value)
+    if not np.isfinite(out):
         raise SpecError(f"{attack} {name} must be a number, got {value!r}")
     if (minimum is not None and out < minimum) or (maximum is not None and out > maximum):
         lo = "-inf" if minimum is None else f"{minimum:g}"

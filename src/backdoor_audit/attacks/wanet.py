@@ -35,6 +35,7 @@ from torch import nn
 
 from ..data.images import ImageSet
 from ..errors import SpecError
+from .params import float_param, int_param
 from .registry import Attack, register_attack
 from .train import TrainSettings, train_classifier
 
@@ -56,18 +57,14 @@ class WaNet(Attack):
 
     def __init__(self, spec: Any) -> None:
         super().__init__(spec)
-        self.k = _as_int(self.params["k"], "k")
-        if self.k < 2:
-            raise SpecError(f"wanet k must be >= 2 control points per side, got {self.k}")
-        self.s = _as_float(self.params["s"], "s")
+        self.k = int_param("wanet", "k", self.params["k"], minimum=2)
+        self.s = float_param("wanet", "s", self.params["s"])
         if not 0.0 < self.s <= 100.0:
             raise SpecError(f"wanet s (warping strength) must be in (0, 100], got {self.s}")
-        self.noise_rate = _as_float(self.params["noise_rate"], "noise_rate")
+        self.noise_rate = float_param("wanet", "noise_rate", self.params["noise_rate"])
         if not 0.0 <= self.noise_rate < 1.0:
             raise SpecError(f"wanet noise_rate must be in [0, 1), got {self.noise_rate}")
-        seed = _as_int(self.params["grid_seed"], "grid_seed")
-        if seed < 0:
-            raise SpecError(f"wanet grid_seed must be >= 0, got {seed}")
+        seed = int_param("wanet", "grid_seed", self.params["grid_seed"], minimum=0)
         grid = self.params["grid"]
         if grid is None or (isinstance(grid, (list, str)) and len(grid) == 0):
             raw = np.random.default_rng(seed).uniform(-1.0, 1.0, size=(self.k, self.k, 2))
@@ -189,17 +186,3 @@ def _grid_array(grid: Any, k: int) -> np.ndarray:
     if not np.isfinite(arr).all() or not np.abs(arr).max() > 0.0:
         raise SpecError("wanet grid must hold finite numbers, not all zero")
     return arr
-
-
-def _as_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not float(value).is_integer():
-        raise SpecError(f"wanet {name} must be an integer, got {value!r}")
-    return int(value)
-
-
-def _as_float(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not np.isfinite(float(value)):
-        raise SpecError(f"wanet {name} must be a number, got {value!r}")
-    return float(value)

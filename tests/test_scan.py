@@ -9,7 +9,6 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
-from onnx import TensorProto, helper
 
 from backdoor_audit.audit.scan import graph_findings, scan_model
 from backdoor_audit.cli import main

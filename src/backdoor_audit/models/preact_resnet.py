@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .registry import register_model
+from .resnet import add_stages, run_stages
 
 
 class PreActBlock(nn.Module):
@@ -44,20 +45,10 @@ class PreActResNet18(nn.Module):
     def __init__(self, in_shape: tuple[int, int, int], num_classes: int, widths: tuple[int, ...] = (64, 128, 256, 512)) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_shape[0], widths[0], 3, padding=1, bias=False)
-        in_ch = widths[0]
-        for i, width in enumerate(widths):
-            stride = 1 if i == 0 else 2
-            setattr(self, f"layer{i + 1}", nn.Sequential(PreActBlock(in_ch, width, stride), PreActBlock(width, width, 1)))
-            in_ch = width
-        self.num_stages = len(widths)
-        self.linear = nn.Linear(in_ch, num_classes)
+        self.linear = nn.Linear(add_stages(self, PreActBlock, widths), num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv1(x)
-        for i in range(self.num_stages):
-            out = getattr(self, f"layer{i + 1}")(out)
-        out = F.adaptive_avg_pool2d(out, 1)
-        return self.linear(torch.flatten(out, 1))
+        return self.linear(run_stages(self, self.conv1(x)))
 
 
 @register_model("preact-resnet-18")

@@ -8,12 +8,32 @@ conv + BN when the shape changes, then ReLU; the residual add is not in place).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .registry import register_model
 from .small_resnet import BasicBlock
+
+
+def add_stages(net: nn.Module, block: Callable[[int, int, int], nn.Module], widths: tuple[int, ...]) -> int:
+    """Give ``net`` stages ``layer1..layerN`` of two ``block(in, out, stride)`` each (stride 2 from the
+    second stage on); return the channels of the last stage."""
+    in_ch = widths[0]
+    for i, width in enumerate(widths):
+        setattr(net, f"layer{i + 1}", nn.Sequential(block(in_ch, width, 1 if i == 0 else 2), block(width, width, 1)))
+        in_ch = width
+    net.num_stages = len(widths)
+    return in_ch
+
+
+def run_stages(net: nn.Module, out: torch.Tensor) -> torch.Tensor:
+    """Run ``net``'s stages from :func:`add_stages`, then global average pooling, flattened."""
+    for i in range(net.num_stages):
+        out = getattr(net, f"layer{i + 1}")(out)
+    return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
 
 
 class ResNet18(nn.Module):
@@ -23,20 +43,11 @@ class ResNet18(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(in_shape[0], widths[0], 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
-        in_ch = widths[0]
-        for i, width in enumerate(widths):
-            stride = 1 if i == 0 else 2
-            setattr(self, f"layer{i + 1}", nn.Sequential(BasicBlock(in_ch, width, stride), BasicBlock(width, width, 1)))
-            in_ch = width
-        self.num_stages = len(widths)
-        self.fc = nn.Linear(in_ch, num_classes)
+        self.fc = nn.Linear(add_stages(self, BasicBlock, widths), num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
-        for i in range(self.num_stages):
-            out = getattr(self, f"layer{i + 1}")(out)
-        out = F.adaptive_avg_pool2d(out, 1)
-        return self.fc(torch.flatten(out, 1))
+        return self.fc(run_stages(self, out))
 
 
 @register_model("resnet-18")

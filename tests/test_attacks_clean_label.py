@@ -157,6 +157,30 @@ def test_refool_takes_reflections_from_other_classes_and_keeps_labels(shape):
     np.testing.assert_array_equal(_reloaded(spec, attack.params).apply(test_x), attack.apply(test_x))
 
 
+@pytest.mark.parametrize("src_shape, shape", [((3, 16, 16), (1, 28, 28)), ((1, 40, 40), (3, 32, 32)),
+                                               ((3, 32, 32), (3, 32, 32))])
+def test_refool_draws_reflections_from_another_dataset(tmp_path, src_shape, shape):
+    rng = np.random.default_rng(3)
+    src = rng.integers(0, 256, size=(50, *src_shape), dtype=np.uint8)
+    path = tmp_path / "scenes.npz"
+    np.savez(path, x_train=src, y_train=np.zeros(50, dtype=np.int64), x_test=src[:5], y_test=np.zeros(5))
+    spec = _spec("refool", params={"n_reflections": 4, "source": str(path)})
+    attack = get_attack(spec)
+    images = _images(30, *shape)
+    poisoned, idx = attack.poison(images)
+    refl = attack.reflections()
+    assert refl.shape == (4, *shape)  # resized and converted to the victim's channels
+    u8 = np.rint(images.x * 255) / 255
+    assert all(np.abs(u8 - r).max(axis=(1, 2, 3)).min() > 1e-3 for r in refl)  # none is a training image
+    if src_shape == shape:  # same size: the reflections are source images themselves
+        flat = src.reshape(50, -1).astype(np.float32) / 255
+        assert all(np.abs(flat - r.reshape(1, -1)).max(1).min() < 1e-6 for r in refl)
+    np.testing.assert_array_equal(get_attack(spec).poison(images)[0].x, poisoned.x)  # seeded
+    test_x = _images(6, *shape, seed=1).x  # evaluation needs only the recorded params, not the source
+    reloaded = dict(attack.params, source=str(tmp_path / "gone.npz"))
+    np.testing.assert_array_equal(_reloaded(spec, reloaded).apply(test_x), attack.apply(test_x))
+
+
 def test_refool_reflection_choice_depends_on_the_image_not_the_batch():
     images = _images(30)
     attack = get_attack(_spec("refool"))
@@ -201,6 +225,7 @@ def test_refool_dirty_label_variant_relabels_non_target_images():
     ({"params": {"n_reflections": 0}}, "n_reflections must be >= 1"),
     ({"params": {"ghost_offset": 28}}, "ghost_offset 28"),
     ({"params": {"labels": "maybe"}}, "labels must be"),
+    ({"params": {"source": 3}}, "source must be a string"),
     ({"params": {"reflections": "bm90IGFuIG5weg=="}}, "not a valid base64 .npz"),
     ({"mode": "all-to-all", "target": None}, "clean labels needs mode all-to-one"),
 ])

@@ -74,6 +74,33 @@ def test_config_expands_modes_targets_seeds_and_overrides(tiny_data):
         select(entries, ["cifar/*"])
 
 
+def test_config_resolves_file_params_next_to_it_and_they_do_not_make_a_model_stale(tiny_data):
+    text = CONFIG + """
+[[set.attack]]
+attack = "refool"
+rate = 0.8
+params = {{ source = "tiny.npz", n_reflections = 4 }}
+
+[[set.attack]]
+attack = "blend"
+params = {{ pattern = "random" }}
+"""
+    by_id = {e.id: e for e in load_config(_write(tiny_data, text=text))}
+    refool = by_id["tiny/refool-t0-s0"]
+    assert refool.params == {"source": str(tiny_data / "tiny.npz"), "n_reflections": 4}
+    assert by_id["tiny/blend-t0-s0"].params == {"pattern": "random"}  # a keyword, not a file
+    from backdoor_audit.zoo.build import _changed
+
+    row = {"arch": refool.arch, "attack": "refool", "mode": refool.mode, "target": refool.target,
+           "rate": refool.rate, "train": dict(refool.train),
+           "spec": {"params": {"source": "/elsewhere/tiny.npz", "n_reflections": 4}}}
+    assert not _changed(refool, row)  # another checkout's absolute path
+    row["spec"]["params"]["source"] = "/elsewhere/other.npz"
+    assert _changed(refool, row)
+    del row["spec"]["params"]["source"]  # built without a source
+    assert _changed(refool, row)
+
+
 @pytest.mark.parametrize("extra, message", [
     ("colour = 1", "unknown key\\(s\\) colour"),
     ("exporter = 'tf'", "exporter must be dynamo or legacy"),

@@ -39,6 +39,7 @@ class Blend(Attack):
         "pattern_seed": (0, "seed of the random pattern"),
         "pattern_data": ("", "set by training for image-file patterns (base64 .npy)"),
     }
+    FILE_PARAMS = ("pattern",)
 
     def __init__(self, spec: Any) -> None:
         super().__init__(spec)

@@ -12,8 +12,11 @@ A triggered image is the image seen through glass that reflects another scene:
 Like the paper (and unlike BackdoorBox's variant) the attack is by default clean-label: only
 target-class training images get reflections and labels are kept. The paper draws reflections
 from PascalVOC and picks the most effective ones adversarially; here the attacker takes
-``n_reflections`` seeded-random images of the *non-target* classes from its own training set
-(simplification: no adversarial selection, no gamma-space blending). They are stored in the params
+``n_reflections`` seeded-random images of the *non-target* classes from its own training set, or,
+with ``source``, from another dataset as the paper does (simplification: no adversarial
+selection, no gamma-space blending). Reflections of the victim's own other classes carry those
+classes' features: on GTSRB (small-resnet, 8 epochs, target class 2, 80% of it) they gave ASR
+8.76%; see docs/zoo.md for CIFAR-10 images as the source. They are stored in the params
 (uint8, base64 .npz) when the training set is poisoned, so evaluation reproduces the trigger.
 
 **Which reflection an image gets**: a keyed hash (BLAKE2b, key = the spec's seed) of the image's
@@ -68,8 +71,12 @@ class Refool(Attack):
         "sigma": (1.0, "blur of the out-of-focus reflection in pixels (0: in focus)"),
         "ghost_rate": (0.0, "share of images given the ghost (double image) model instead"),
         "ghost_offset": (2, "ghost shift in pixels, down and right"),
+        "source": ("", "image data (npz, folder or zip) to draw the reflections from instead, e.g. "
+                       "another dataset as the paper's PascalVOC"),
+        "source_split": ("train", "split of a source that has splits"),
         "reflections": ("", "set by poisoning: the reflection images (base64 .npz, uint8 NCHW)"),
     }
+    FILE_PARAMS = ("source",)
 
     def __init__(self, spec: Any) -> None:
         super().__init__(spec)
@@ -86,6 +93,9 @@ class Refool(Attack):
         self.sigma = float_param("refool", "sigma", self.params["sigma"], minimum=0.0, maximum=64.0)
         self.ghost_rate = float_param("refool", "ghost_rate", self.params["ghost_rate"], minimum=0.0, maximum=1.0)
         self.ghost_offset = int_param("refool", "ghost_offset", self.params["ghost_offset"], minimum=1)
+        for key in ("source", "source_split"):
+            if not isinstance(self.params[key], str):
+                raise SpecError(f"refool {key} must be a string, got {self.params[key]!r}")
         if not isinstance(self.params["reflections"], str):
             raise SpecError("refool reflections must be a base64 string (set by training)")
         self._decoded: np.ndarray | None = None
@@ -110,15 +120,22 @@ class Refool(Attack):
         return self._decoded
 
     def pick_reflections(self, images: ImageSet) -> None:
-        """Store ``n_reflections`` seeded-random non-target images of ``images`` as the reflections
-        (any images for all-to-all)."""
-        candidates = np.flatnonzero(self.spec.asr_mask(images.y))
-        if len(candidates) == 0:
-            raise SpecError(f"refool takes its reflections from non-target images; {images.source or 'the set'} "
-                            f"has none")
+        """Store ``n_reflections`` seeded-random images as the reflections: from ``source`` when set
+        (brought to the size and channels of ``images``), else non-target images of ``images`` (any
+        images for all-to-all)."""
         rng = np.random.default_rng([self.spec.seed, 0x5EF1])
-        idx = np.sort(rng.choice(candidates, size=min(self.n_reflections, len(candidates)), replace=False))
-        u8 = np.rint(np.clip(images.x[idx], 0.0, 1.0) * 255.0).astype(np.uint8)
+        if self.params["source"]:
+            pool = _source_images(self.params["source"], self.params["source_split"] or None,
+                                  max(8 * self.n_reflections, 256), images.x.shape[1:])
+            chosen = pool[np.sort(rng.choice(len(pool), size=min(self.n_reflections, len(pool)), replace=False))]
+        else:
+            candidates = np.flatnonzero(self.spec.asr_mask(images.y))
+            if len(candidates) == 0:
+                raise SpecError(f"refool takes its reflections from non-target images; "
+                                f"{images.source or 'the set'} has none")
+            chosen = images.x[np.sort(rng.choice(candidates, size=min(self.n_reflections, len(candidates)),
+                                                 replace=False))]
+        u8 = np.rint(np.clip(chosen, 0.0, 1.0) * 255.0).astype(np.uint8)
         buf = io.BytesIO()
         np.savez_compressed(buf, r=u8)
         self.params["reflections"] = base64.b64encode(buf.getvalue()).decode("ascii")
@@ -172,6 +189,30 @@ class Refool(Attack):
         if not self.params["reflections"]:
             self.pick_reflections(images)
         return super().poison(images)
+
+
+def _source_images(path: str, split: str | None, limit: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Up to ``limit`` images of another data source as float32 NCHW of ``shape`` (C, H, W):
+    resized (bilinear, antialiased), RGB made grey by luminance or grey repeated to RGB."""
+    import torch
+    import torch.nn.functional as F
+
+    from ..data import load_images
+
+    src = load_images(path, split=split, limit=limit)
+    if len(src) == 0:
+        raise SpecError(f"refool source {path} holds no images")
+    x = torch.from_numpy(np.ascontiguousarray(src.x, dtype=np.float32))
+    c, h, w = shape
+    if x.shape[1] == 3 and c == 1:
+        x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    elif x.shape[1] == 1 and c == 3:
+        x = x.repeat(1, 3, 1, 1)
+    elif x.shape[1] != c:
+        raise SpecError(f"refool source {path} has {x.shape[1]}-channel images, the data {c}-channel")
+    if tuple(x.shape[2:]) != (h, w):
+        x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+    return x.clamp(0.0, 1.0).numpy()
 
 
 def _gaussian_blur(x: np.ndarray, sigma: float) -> np.ndarray:

@@ -35,6 +35,8 @@ class Attack:
 
     name: ClassVar[str] = ""
     PARAMS: ClassVar[dict[str, tuple[Any, str]]] = {}
+    #: params that name a file: a zoo config gives them relative to itself
+    FILE_PARAMS: ClassVar[tuple[str, ...]] = ()
     dirty_label: ClassVar[bool] = True
     #: the model must be exported with its BatchNormalization nodes kept (the attack lives in them)
     needs_batchnorm: ClassVar[bool] = False
@@ -128,6 +130,12 @@ def get_attack(spec: AttackSpec) -> Attack:
     if spec.attack not in _ATTACKS:
         raise SpecError(f"unknown attack {spec.attack!r}; known attacks: {', '.join(known_attacks())}")
     return _ATTACKS[spec.attack](spec)
+
+
+def file_params(name: str) -> tuple[str, ...]:
+    """The params of attack ``name`` that name a file (none for an unknown name)."""
+    cls = _ATTACKS.get(name)
+    return cls.FILE_PARAMS if cls is not None else ()
 
 
 def known_attacks() -> list[str]:

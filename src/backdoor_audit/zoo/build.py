@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..attacks.registry import file_params
 from ..attacks.run import run_attack
 from ..attacks.spec import AttackSpec
 from ..audit.evaluate import evaluate
@@ -90,7 +91,14 @@ def _changed(entry: ZooEntry, row: dict[str, Any]) -> bool:
     if any(row.get(k) != v for k, v in asked.items()):
         return True
     given = (row.get("spec") or {}).get("params", {})
-    return any(given.get(k) != v for k, v in entry.params.items())
+    files = file_params(entry.attack or "")  # absolute paths differ between checkouts: compare file names
+
+    def same(key: str, value: Any) -> bool:
+        if key in files and isinstance(value, str) and isinstance(given.get(key), str):
+            return Path(given[key]).name == Path(value).name
+        return given.get(key) == value
+
+    return not all(same(k, v) for k, v in entry.params.items())
 
 
 def build_zoo(

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..attacks.registry import file_params
 from ..attacks.spec import MODES
 from ..attacks.train import TrainSettings
 from ..errors import SpecError
@@ -112,6 +113,7 @@ def _expand_set(s: dict[str, Any], p: Path, i: int) -> list[ZooEntry]:
         if bad:
             raise SpecError(f"{awhere}: mode(s) {', '.join(map(str, bad))} not one of {', '.join(MODES)}")
         train = {**base_train, **_train(a.get("train", {}), awhere)}
+        params = _resolve_files(a["attack"], a.get("params", {}), p.parent, awhere)
         name = a.get("name", a["attack"])
         for mode in modes:
             targets = a.get("targets", [0]) if mode == "all-to-one" else [None]
@@ -120,9 +122,22 @@ def _expand_set(s: dict[str, Any], p: Path, i: int) -> list[ZooEntry]:
                     suffix = "a2a" if mode == "all-to-all" else f"t{target}"
                     out.append(ZooEntry(
                         id=f"{s['name']}/{name}-{suffix}-s{seed}", arch=a.get("arch", s["arch"]), attack=a["attack"],
-                        mode=mode, target=target, rate=float(a.get("rate", 0.1)), params=dict(a.get("params", {})),
+                        mode=mode, target=target, rate=float(a.get("rate", 0.1)), params=params,
                         train={**train, "seed": int(seed)}, **common,
                     ))  # fmt: skip
+    return out
+
+
+def _resolve_files(attack: str, params: Any, base: Path, where: str) -> dict[str, Any]:
+    """The attack's params, with those that name an existing file made absolute (relative to the
+    config file, as the set's data)."""
+    if not isinstance(params, dict):
+        raise SpecError(f"{where}: 'params' must be a table")
+    out = dict(params)
+    for key in file_params(attack):
+        value = out.get(key)
+        if isinstance(value, str) and value and not os.path.isabs(value) and (base / value).exists():
+            out[key] = str((base / value).resolve())
     return out
 
 

@@ -66,7 +66,7 @@ class Refool(Attack):
     recommended_rate: ClassVar[float] = 0.8
     PARAMS = {
         "labels": ("clean", "clean (the paper: target-class images, labels kept) or dirty (relabelled)"),
-        "n_reflections": (16, "number of reflection images taken from non-target training images"),
+        "n_reflections": (16, "number of reflection images (non-target training images, or from source)"),
         "alpha": (0.4, "reflection weight in (0, 1]"),
         "sigma": (1.0, "blur of the out-of-focus reflection in pixels (0: in focus)"),
         "ghost_rate": (0.0, "share of images given the ghost (double image) model instead"),

@@ -122,7 +122,7 @@ def _expand_set(s: dict[str, Any], p: Path, i: int) -> list[ZooEntry]:
                     suffix = "a2a" if mode == "all-to-all" else f"t{target}"
                     out.append(ZooEntry(
                         id=f"{s['name']}/{name}-{suffix}-s{seed}", arch=a.get("arch", s["arch"]), attack=a["attack"],
-                        mode=mode, target=target, rate=float(a.get("rate", 0.1)), params=params,
+                        mode=mode, target=target, rate=float(a.get("rate", 0.1)), params=dict(params),
                         train={**train, "seed": int(seed)}, **common,
                     ))  # fmt: skip
     return out

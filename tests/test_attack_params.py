@@ -31,6 +31,10 @@ def test_ranges_are_named_in_the_message():
         int_param("a", "n", 0, minimum=1)
     with pytest.raises(SpecError, match=r"^a n must be an integer in \[1, 6\], got 7$"):
         int_param("a", "n", 7, minimum=1, maximum=6)
+    with pytest.raises(SpecError, match=r"^a n must be an integer in \[1, 6\], got 0$"):
+        int_param("a", "n", 0, minimum=1, maximum=6)
+    with pytest.raises(SpecError, match=r"^a n must be <= 6, got 7$"):
+        int_param("a", "n", 7, maximum=6)
     with pytest.raises(SpecError, match=r"^a x must be in \[0, 1\], got 1.5$"):
         float_param("a", "x", 1.5, minimum=0, maximum=1)
     with pytest.raises(SpecError, match=r"^a x must be in \[-inf, 2\], got 3$"):

@@ -17,7 +17,7 @@ from backdoor_audit.data.loading import load_images
 from backdoor_audit.errors import SpecError
 from backdoor_audit.models import build_model
 from backdoor_audit.zoo import build_zoo, load_config, read_manifest
-from backdoor_audit.zoo.build import select, status
+from backdoor_audit.zoo.build import _changed, select, status
 
 CONFIG = """
 [[set]]
@@ -89,8 +89,6 @@ params = {{ pattern = "random" }}
     refool = by_id["tiny/refool-t0-s0"]
     assert refool.params == {"source": str(tiny_data / "tiny.npz"), "n_reflections": 4}
     assert by_id["tiny/blend-t0-s0"].params == {"pattern": "random"}  # a keyword, not a file
-    from backdoor_audit.zoo.build import _changed
-
     row = {"arch": refool.arch, "attack": "refool", "mode": refool.mode, "target": refool.target,
            "rate": refool.rate, "train": dict(refool.train),
            "spec": {"params": {"source": "/elsewhere/tiny.npz", "n_reflections": 4}}}

@@ -47,9 +47,7 @@ class BadNets(Attack):
         self.size = int_param("badnets", "size", self.params["size"])
         if self.size <= 0:
             raise SpecError(f"badnets size must be a positive number of pixels, got {self.size}")
-        self.margin = int_param("badnets", "margin", self.params["margin"])
-        if self.margin < 0:
-            raise SpecError(f"badnets margin must be >= 0, got {self.margin}")
+        self.margin = int_param("badnets", "margin", self.params["margin"], minimum=0)
         self.position = str(self.params["position"]).strip()
         self._offset: tuple[int, int] | None = None
         if self.position not in CORNERS:

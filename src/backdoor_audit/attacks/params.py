@@ -25,10 +25,12 @@ def int_param(attack: str, name: str, value: Any, minimum: int | None = None,
     if not as_float.is_integer():
         raise SpecError(f"{attack} {name} must be an integer, got {value!r}")
     out = int(as_float)
-    if maximum is not None and (out > maximum or (minimum is not None and out < minimum)):
+    if (minimum is not None and out < minimum) or (maximum is not None and out > maximum):
+        if maximum is None:
+            raise SpecError(f"{attack} {name} must be >= {minimum}, got {out}")
+        if minimum is None:
+            raise SpecError(f"{attack} {name} must be <= {maximum}, got {out}")
         raise SpecError(f"{attack} {name} must be an integer in [{minimum}, {maximum}], got {out}")
-    if minimum is not None and out < minimum:
-        raise SpecError(f"{attack} {name} must be >= {minimum}, got {out}")
     return out
 
 

@@ -123,19 +123,18 @@ class Refool(Attack):
         """Store ``n_reflections`` seeded-random images as the reflections: from ``source`` when set
         (brought to the size and channels of ``images``), else non-target images of ``images`` (any
         images for all-to-all)."""
-        rng = np.random.default_rng([self.spec.seed, 0x5EF1])
         if self.params["source"]:
             pool = _source_images(self.params["source"], self.params["source_split"] or None,
                                   max(8 * self.n_reflections, 256), images.x.shape[1:])
-            chosen = pool[np.sort(rng.choice(len(pool), size=min(self.n_reflections, len(pool)), replace=False))]
+            candidates = np.arange(len(pool))
         else:
-            candidates = np.flatnonzero(self.spec.asr_mask(images.y))
+            pool, candidates = images.x, np.flatnonzero(self.spec.asr_mask(images.y))
             if len(candidates) == 0:
                 raise SpecError(f"refool takes its reflections from non-target images; "
                                 f"{images.source or 'the set'} has none")
-            chosen = images.x[np.sort(rng.choice(candidates, size=min(self.n_reflections, len(candidates)),
-                                                 replace=False))]
-        u8 = np.rint(np.clip(chosen, 0.0, 1.0) * 255.0).astype(np.uint8)
+        rng = np.random.default_rng([self.spec.seed, 0x5EF1])
+        idx = np.sort(rng.choice(candidates, size=min(self.n_reflections, len(candidates)), replace=False))
+        u8 = np.rint(np.clip(pool[idx], 0.0, 1.0) * 255.0).astype(np.uint8)
         buf = io.BytesIO()
         np.savez_compressed(buf, r=u8)
         self.params["reflections"] = base64.b64encode(buf.getvalue()).decode("ascii")

@@ -99,3 +99,54 @@ def test_triggered_test_images_differ_from_clean(trained):
     _, _, test = trained
     triggered = get_attack(SPEC).apply(test.x)
     assert (triggered[:, :, 24:27, 24:27] == 1).all() and not np.array_equal(triggered, test.x)
+
+
+def _validate(*args):
+    from click.testing import CliRunner
+
+    from backdoor_audit.cli import main
+
+    return CliRunner().invoke(main, ["validate", *map(str, args)])
+
+
+def test_validate_gate_exit_codes(trained, tmp_path):
+    summary, _, test = trained
+    data = tmp_path / "test.npz"
+    np.savez(data, x=test.x, y=test.y)
+    model, acc, asr = summary["model"], summary["acc"], summary["asr"]
+    passed = _validate(model, "--data", data, "--attack", model, "--min-acc", acc - 5, "--max-asr", asr + 5)
+    assert passed.exit_code == 0, passed.output
+    assert passed.output.count("pass:") == 2
+    low_acc = _validate(model, "--data", data, "--min-acc", acc + 5)
+    assert low_acc.exit_code == 1 and "FAIL: ACC" in low_acc.output
+    high_asr = _validate(model, "--data", data, "--attack", model, "--max-asr", asr - 5)
+    assert high_asr.exit_code == 1 and "FAIL: ASR" in high_asr.output
+    no_attack = _validate(model, "--data", data, "--max-asr", 2)
+    assert no_attack.exit_code == 1 and "needs --attack" in no_attack.output
+
+
+def test_validate_per_class_agrees_with_predictions(trained, tmp_path):
+    summary, _, test = trained
+    data = tmp_path / "test.npz"
+    np.savez(data, x=test.x, y=test.y)
+    model = summary["model"]
+    out = _validate(model, "--data", data, "--attack", model, "--per-class", "--json")
+    assert out.exit_code == 0, out.output
+    res = json.loads(out.output)
+    session, spec = make_session(model), load_spec(model)
+    pred = run_logits(session, test.x, 64).argmax(1)
+    trig = run_logits(session, get_attack(spec).apply(test.x), 64).argmax(1)
+    for c in range(10):
+        rows = test.y == c
+        assert res["acc_by_class"][str(c)] == pytest.approx(100 * (pred[rows] == c).mean())
+        if c == 0:  # all-to-one: the target class's own images are not counted in ASR
+            assert "0" not in res["asr_by_class"]
+        else:
+            assert res["asr_by_class"][str(c)] == pytest.approx(100 * (trig[rows] == 0).mean())
+    counts = np.bincount(test.y, minlength=10)
+    overall = sum(res["acc_by_class"][str(c)] * counts[c] for c in range(10)) / counts.sum()
+    assert overall == pytest.approx(res["acc"])
+    text = _validate(model, "--data", data, "--attack", model, "--per-class")
+    assert text.exit_code == 0 and "class     ACC     ASR" in text.output
+    plain = json.loads(_validate(model, "--data", data, "--json").output)
+    assert plain["acc_by_class"] is None and plain["asr_by_class"] is None

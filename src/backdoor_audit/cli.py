@@ -182,20 +182,27 @@ def repair(model, data, split, layout, mean, std, device, method, out, n_clean, 
 @click.option("--limit", type=int, default=None, help="evaluate on this many images (seeded sample)")
 @click.option("--min-acc", type=float, default=None, help="gate: fail (exit 1) when ACC is below")
 @click.option("--max-asr", type=float, default=None, help="gate: fail (exit 1) when ASR is above")
+@click.option("--per-class", is_flag=True, help="also report ACC and ASR per true (source) class")
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def validate(model, data, split, layout, mean, std, device, attack, limit, min_acc, max_asr, as_json):
+def validate(model, data, split, layout, mean, std, device, attack, limit, min_acc, max_asr, per_class, as_json):
     """Measure ACC (and ASR with --attack) under onnxruntime; gate with --min-acc/--max-asr."""
     from .audit.gate import validate_model
 
     images = _load(data, split, limit)
     result = validate_model(model, images, attack=attack, layout=layout, mean=_floats(mean, "--mean"),
-                            std=_floats(std, "--std"), min_acc=min_acc, max_asr=max_asr)
+                            std=_floats(std, "--std"), min_acc=min_acc, max_asr=max_asr, per_class=per_class)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:
         asr = "" if result.asr is None else f"  ASR {result.asr:6.2f}% (of {result.n_asr})"
         click.echo(f"{model}: ACC {result.acc:6.2f}% (of {result.n}){asr}  [{result.provider}]")
+        if result.acc_by_class is not None:
+            by_asr = result.asr_by_class or {}
+            click.echo("  class     ACC     ASR")
+            for c, a in result.acc_by_class.items():
+                r = f"{by_asr[c]:6.2f}%" if c in by_asr else "      -"
+                click.echo(f"  {c:5d} {a:6.2f}% {r}")
         for line in result.gate_messages:
             click.echo(f"  {line}")
     sys.exit(0 if result.passed else 1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnxruntime as ort
@@ -26,13 +26,19 @@ CHUNK = 4096  # images preprocessed at a time, to bound memory on large sets
 
 @dataclass
 class EvalResult:
-    """ACC/ASR in percent, image counts, and the onnxruntime provider that ran the model."""
+    """ACC/ASR in percent, image counts, and the onnxruntime provider that ran the model.
+
+    ``acc_by_class`` and ``asr_by_class`` break both down by true (source) class: a backdoor that
+    fires for some source classes only, or a repair that costs one class its accuracy, shows there.
+    """
 
     acc: float
     asr: float | None
     n: int
     n_asr: int
     provider: str
+    acc_by_class: dict[int, float] = field(default_factory=dict)
+    asr_by_class: dict[int, float] = field(default_factory=dict)
 
 
 def evaluate(
@@ -54,15 +60,24 @@ def evaluate(
         attack.check_shape(images.shape)
     pred = _predict(session, images.x, preprocess, batch_size)
     _check_outputs(pred, images, model_path, spec)
-    acc = float((pred.argmax(1) == images.y).mean() * 100.0)
-    asr, n_asr = None, 0
+    hit = pred.argmax(1) == images.y
+    acc = float(hit.mean() * 100.0)
+    asr, n_asr, asr_by_class = None, 0, {}
     if attack is not None and spec is not None:
         mask = spec.asr_mask(images.y)
         n_asr = int(mask.sum())
         if n_asr:
             triggered = _predict(session, images.x[mask], preprocess, batch_size, trigger=attack.apply)
-            asr = float((triggered.argmax(1) == spec.target_labels(images.y[mask])).mean() * 100.0)
-    return EvalResult(acc=acc, asr=asr, n=len(images), n_asr=n_asr, provider=session.get_providers()[0])
+            fired = triggered.argmax(1) == spec.target_labels(images.y[mask])
+            asr = float(fired.mean() * 100.0)
+            asr_by_class = _by_class(fired, images.y[mask])
+    return EvalResult(acc=acc, asr=asr, n=len(images), n_asr=n_asr, provider=session.get_providers()[0],
+                      acc_by_class=_by_class(hit, images.y), asr_by_class=asr_by_class)
+
+
+def _by_class(hit: np.ndarray, y: np.ndarray) -> dict[int, float]:
+    """Percent of ``hit`` per label in ``y`` (labels that occur only)."""
+    return {int(c): float(hit[y == c].mean() * 100.0) for c in np.unique(y)}
 
 
 def _predict(

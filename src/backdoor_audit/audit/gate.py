@@ -22,13 +22,17 @@ class ValidateResult:
     attack: dict | None
     passed: bool
     gate_messages: list[str] = field(default_factory=list)
+    #: per true class (``per_class=True`` only): ACC, and ASR over the images the ASR counts
+    acc_by_class: dict[int, float] | None = None
+    asr_by_class: dict[int, float] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def validate_model(model_path, images: ImageSet, attack=None, layout=None, mean=None, std=None,
-                   min_acc: float | None = None, max_asr: float | None = None) -> ValidateResult:
+                   min_acc: float | None = None, max_asr: float | None = None,
+                   per_class: bool = False) -> ValidateResult:
     proto = load_model(model_path)
     spec = load_spec(attack) if attack else None
     pre = model_preprocess(proto, images, layout=layout, mean=mean, std=std)
@@ -49,4 +53,6 @@ def validate_model(model_path, images: ImageSet, attack=None, layout=None, mean=
     return ValidateResult(str(model_path), res.acc, res.asr, res.n, res.n_asr, res.provider,
                           None if spec is None else {"attack": spec.attack, "mode": spec.mode,
                                                      "target": spec.target},
-                          bool(passed), messages)
+                          bool(passed), messages,
+                          acc_by_class=res.acc_by_class if per_class else None,
+                          asr_by_class=(res.asr_by_class if res.asr is not None else None) if per_class else None)

@@ -12,39 +12,19 @@ model; ACC/ASR under onnxruntime on the 10,000 test images. The same protocol as
 
 from __future__ import annotations
 
-import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from anp_mnist_table6 import ROOT, audit  # noqa: E402
+from anp_mnist_table6 import audit, parse_args, suspect_model  # noqa: E402
 
 PAPER = {"before": dict(neurons=0, asr=100.00, acc=98.08), "anp": dict(neurons=560, asr=1.93, acc=93.86)}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "mnist.npz"))
-    ap.add_argument("--work", default=str(ROOT / "runs" / "table5"))
-    ap.add_argument("--epochs", default="20")
-    ap.add_argument("--lr", default="0.01")
-    ap.add_argument("--alpha", default="0.5", help="ANP trade-off (the appendix's MNIST runs: 0.5)")
-    ap.add_argument("--eps", default="0.3", help="ANP budget (the appendix's MNIST runs: 0.3)")
-    ap.add_argument("--noise-bound", default="project", choices=["project", "none"])
-    ap.add_argument("--iterations", default="2000")
-    ap.add_argument("--seed", default="0")
-    args = ap.parse_args()
+    args = parse_args(__doc__, "table5", alpha="0.5", eps="0.3")  # the appendix's MNIST settings
     work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    suspect, clean = work / "suspect.onnx", work / "clean.npz"
-    if not (suspect.exists() and clean.exists()):
-        t0 = time.perf_counter()
-        audit("attack", "badnets", "--data", args.data, "--arch", "mnist-fc", "--target", "0", "--rate", "0.1",
-              "--patch", "square", "--size", "3", "--position", "bottom-right", "--epochs", args.epochs,
-              "--lr", args.lr, "--seed", args.seed, "--clean-holdout", "500", "--clean-out", str(clean),
-              "--out", str(suspect))
-        print(f"trained the suspect model in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    suspect, clean = suspect_model(args, "mnist-fc")
     test = ["--data", args.data, "--split", "test", "--attack", str(suspect)]
     before = audit("validate", str(suspect), *test)
     out = work / f"anp-{args.alpha}-{args.eps}-{args.noise_bound}.onnx"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -151,6 +152,8 @@ def test_build_trains_measures_and_resumes(tiny_data, tmp_path):
     events.clear()
     build_zoo(changed, tmp_path, rebuild=["tiny/sig*"], on_event=lambda kind, e, info: events.append(kind))
     assert events == ["skip", "skip", "start", "done"]
+    ids = [json.loads(line)["id"] for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(ids) == sorted(e.id for e in entries)  # rebuilt models replace their line
     with open(tmp_path / "manifest.jsonl", "a") as fh:  # a torn last line (killed mid-write) is ignored
         fh.write('{"id": "tiny/x", "fi')
     assert set(read_manifest(tmp_path)) == {e.id for e in entries}

@@ -1,5 +1,5 @@
 """Build a zoo: train each entry that is not yet in the manifest, export it, measure it under
-onnxruntime, append its manifest line. Interrupted builds resume: finished models are skipped and
+onnxruntime, record its manifest line (one per model). Interrupted builds resume: finished models are skipped and
 the model in training continues from its last finished epoch (a checkpoint under ``.ckpt/``).
 """
 
@@ -21,6 +21,7 @@ from ..audit.evaluate import evaluate
 from ..data.images import ImageSet
 from ..data.loading import list_splits, load_images
 from ..errors import DataError, SpecError
+from ..export.atomic import atomic_write_bytes
 from ..graph.load import load_model, sha256_file
 from ..graph.model import model_preprocess
 from .config import ZooEntry
@@ -43,6 +44,16 @@ def read_manifest(out_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
         if isinstance(row, dict) and "id" in row:
             rows[row["id"]] = row
     return rows
+
+
+def record(out_dir: str | os.PathLike, row: dict[str, Any]) -> None:
+    """Put ``row`` in the manifest in place of any earlier line for its id, atomically: a rebuilt
+    model keeps one line, and an interrupted write leaves the old manifest whole."""
+    rows = read_manifest(out_dir)
+    rows.pop(row["id"], None)
+    rows[row["id"]] = row
+    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows.values())
+    atomic_write_bytes(Path(out_dir) / MANIFEST, text.encode("utf-8"))
 
 
 def select(entries: list[ZooEntry], only: list[str] | None) -> list[ZooEntry]:
@@ -128,10 +139,7 @@ def build_zoo(
             continue
         emit("start", entry, {"resume": state == "partial", "stale": state == "stale"})
         row = _build_one(entry, out, sets, device, progress)
-        with open(out / MANIFEST, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row, sort_keys=True) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        record(out, row)
         emit("done", entry, row)
     rows = read_manifest(out)
     return [rows[e.id] for e in entries if e.id in rows]

@@ -37,5 +37,12 @@ def test_ranges_are_named_in_the_message():
         int_param("a", "n", 7, maximum=6)
     with pytest.raises(SpecError, match=r"^a x must be in \[0, 1\], got 1.5$"):
         float_param("a", "x", 1.5, minimum=0, maximum=1)
-    with pytest.raises(SpecError, match=r"^a x must be in \[-inf, 2\], got 3$"):
+    with pytest.raises(SpecError, match=r"^a x must be in \(-inf, 2\], got 3$"):
         float_param("a", "x", 3, maximum=2)
+    with pytest.raises(SpecError, match=r"^a x must be in \(0, 1\], got 0$"):
+        float_param("a", "x", 0, minimum=0, maximum=1, open_min=True)
+    with pytest.raises(SpecError, match=r"^a x must be in \[0, 1\), got 1$"):
+        float_param("a", "x", 1, minimum=0, maximum=1, open_max=True)
+    with pytest.raises(SpecError, match=r"^a x must be in \(0, inf\), got -1$"):
+        float_param("a", "x", -1, minimum=0, open_min=True)
+    assert float_param("a", "x", 1, minimum=0, maximum=1, open_min=True) == 1.0

@@ -275,7 +275,7 @@ def test_trojannn_poisoning_relabels_to_the_target():
     ({"trigger": [[1, 2], [3, 4]]}, "C x 3 x 3"),
     ({"trigger": [[[2.0] * 3] * 3]}, r"values must be in \[0, 1\]"),
     ({"trigger": [[[0.5] * 3] * 3] * 3}, "3 channels, the images 1"),
-    ({"trigger_lr": 0}, "trigger_lr must be > 0"),
+    ({"trigger_lr": 0}, r"trigger_lr must be in \(0, inf\)"),
 ])
 def test_trojannn_bad_params(params, message):
     with pytest.raises(SpecError, match=message):

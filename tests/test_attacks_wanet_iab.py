@@ -125,7 +125,7 @@ def test_wanet_spec_round_trips_through_onnx_and_reproduces_the_trigger(tmp_path
     [
         ({"k": 1}, "k must be >= 2"),
         ({"k": 2.5}, "k must be an integer"),
-        ({"s": 0}, r"s \(warping strength\) must be in"),
+        ({"s": 0}, r"wanet s must be in \(0, 100\]"),
         ({"s": "strong"}, "s must be a number"),
         ({"noise_rate": 1.0}, r"noise_rate must be in \[0, 1\)"),
         ({"grid_seed": -1}, "grid_seed must be >= 0"),
@@ -249,7 +249,7 @@ def _packed(c: int = 1, channels: int = 16, depth: int = 2) -> str:
         ({"lambda_div": "high"}, 0.1, "lambda_div must be a number"),
         ({"mask_steps": 1.5}, 0.1, "mask_steps must be an integer"),
         ({"depth": 0}, 0.1, r"depth must be an integer in \[1, 6\]"),
-        ({"lr_g": 0}, 0.1, "lr_g must be positive"),
+        ({"lr_g": 0}, 0.1, r"lr_g must be in \(0, 10\]"),
         ({"generator": "not base64!"}, 0.1, "not the base64 .npz"),
         ({"generator": 3}, 0.1, "base64 text"),
         ({"generator": _packed(channels=8)}, 0.1, "do not fit channels=16, depth=2"),

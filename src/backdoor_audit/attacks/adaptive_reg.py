@@ -33,7 +33,6 @@ penalty ``reg``.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -44,6 +43,7 @@ from torch import nn
 from ..data.images import ImageSet
 from ..errors import DataError, SpecError
 from .badnets import BadNets
+from .params import float_param
 from .registry import register_attack
 from .train import TrainSettings, train_classifier
 
@@ -62,15 +62,7 @@ class AdaptiveReg(BadNets):
 
     def __init__(self, spec: Any) -> None:
         super().__init__(spec)
-        value = self.params["lambda"]
-        try:
-            if isinstance(value, bool):
-                raise TypeError
-            self.lam = float(value)
-        except (TypeError, ValueError):
-            raise SpecError(f"adaptive-reg lambda must be a number, got {value!r}") from None
-        if not math.isfinite(self.lam) or self.lam < 0:
-            raise SpecError(f"adaptive-reg lambda must be a finite number >= 0, got {value!r}")
+        self.lam = float_param("adaptive-reg", "lambda", self.params["lambda"], minimum=0.0)
 
     def train(self, model: nn.Module, clean: ImageSet, settings: TrainSettings) -> dict[str, Any]:
         poisoned, idx = self.poison(clean)

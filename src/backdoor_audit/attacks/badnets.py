@@ -44,9 +44,7 @@ class BadNets(Attack):
         self.patch = str(self.params["patch"])
         if self.patch not in PATCHES:
             raise SpecError(f"badnets patch {self.patch!r} is not one of {', '.join(PATCHES)}")
-        self.size = int_param("badnets", "size", self.params["size"])
-        if self.size <= 0:
-            raise SpecError(f"badnets size must be a positive number of pixels, got {self.size}")
+        self.size = int_param("badnets", "size", self.params["size"], minimum=1)
         self.margin = int_param("badnets", "margin", self.params["margin"], minimum=0)
         self.position = str(self.params["position"]).strip()
         self._offset: tuple[int, int] | None = None

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..data.images import ImageSet
 from ..errors import SpecError
+from .params import float_param
 from .registry import Attack, register_attack
 
 
@@ -43,12 +44,7 @@ class Blend(Attack):
 
     def __init__(self, spec: Any) -> None:
         super().__init__(spec)
-        try:
-            self.alpha = float(self.params["alpha"])
-        except (TypeError, ValueError):
-            raise SpecError(f"blend alpha must be a number, got {self.params['alpha']!r}") from None
-        if not 0.0 < self.alpha <= 1.0:
-            raise SpecError(f"blend alpha must be in (0, 1], got {self.alpha}")
+        self.alpha = float_param("blend", "alpha", self.params["alpha"], 0.0, 1.0, open_min=True)
         self.source = str(self.params["pattern"])
         if self.source != "random" and not self.params["pattern_data"] and not Path(self.source).is_file():
             raise SpecError(f"blend pattern {self.source!r} is neither 'random' nor an image file")

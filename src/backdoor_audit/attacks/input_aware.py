@@ -130,9 +130,7 @@ class InputAware(Attack):
         self.lambda_div = float_param("input-aware", "lambda_div", p["lambda_div"], 0.0, 1e6)
         self.lambda_norm = float_param("input-aware", "lambda_norm", p["lambda_norm"], 0.0, 1e6)
         self.mask_density = float_param("input-aware", "mask_density", p["mask_density"], 0.0, 1.0)
-        self.lr_g = float_param("input-aware", "lr_g", p["lr_g"], 0.0, 10.0)
-        if self.lr_g <= 0.0:
-            raise SpecError(f"input-aware lr_g must be positive, got {self.lr_g}")
+        self.lr_g = float_param("input-aware", "lr_g", p["lr_g"], 0.0, 10.0, open_min=True)
         self.mask_steps = int_param("input-aware", "mask_steps", p["mask_steps"], 0, 10_000_000)
         self.channels = int_param("input-aware", "channels", p["channels"], 1, 1024)
         self.depth = int_param("input-aware", "depth", p["depth"], 1, 6)

@@ -35,13 +35,16 @@ def int_param(attack: str, name: str, value: Any, minimum: int | None = None,
 
 
 def float_param(attack: str, name: str, value: Any, minimum: float | None = None,
-                maximum: float | None = None) -> float:
-    """``value`` as a finite float within [minimum, maximum], else SpecError naming the parameter."""
+                maximum: float | None = None, *, open_min: bool = False, open_max: bool = False) -> float:
+    """``value`` as a finite float within the interval from ``minimum`` to ``maximum`` (each bound
+    closed, or open with ``open_min`` / ``open_max``), else SpecError naming the parameter."""
     out = _real(value)
     if not np.isfinite(out):
         raise SpecError(f"{attack} {name} must be a number, got {value!r}")
-    if (minimum is not None and out < minimum) or (maximum is not None and out > maximum):
-        lo = "-inf" if minimum is None else f"{minimum:g}"
-        hi = "inf" if maximum is None else f"{maximum:g}"
-        raise SpecError(f"{attack} {name} must be in [{lo}, {hi}], got {out:g}")
+    low = minimum is not None and (out <= minimum if open_min else out < minimum)
+    high = maximum is not None and (out >= maximum if open_max else out > maximum)
+    if low or high:
+        lo = "(-inf" if minimum is None else f"{'(' if open_min else '['}{minimum:g}"
+        hi = "inf)" if maximum is None else f"{maximum:g}{')' if open_max else ']'}"
+        raise SpecError(f"{attack} {name} must be in {lo}, {hi}, got {out:g}")
     return out

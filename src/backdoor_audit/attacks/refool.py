@@ -87,9 +87,7 @@ class Refool(Attack):
         if not self.dirty_label and spec.mode != "all-to-one":
             raise SpecError("refool with clean labels needs mode all-to-one (or pass labels=dirty)")
         self.n_reflections = int_param("refool", "n_reflections", self.params["n_reflections"], minimum=1)
-        self.alpha = float_param("refool", "alpha", self.params["alpha"], minimum=0.0, maximum=1.0)
-        if self.alpha == 0.0:
-            raise SpecError("refool alpha must be in (0, 1], got 0")
+        self.alpha = float_param("refool", "alpha", self.params["alpha"], 0.0, 1.0, open_min=True)
         self.sigma = float_param("refool", "sigma", self.params["sigma"], minimum=0.0, maximum=64.0)
         self.ghost_rate = float_param("refool", "ghost_rate", self.params["ghost_rate"], minimum=0.0, maximum=1.0)
         self.ghost_offset = int_param("refool", "ghost_offset", self.params["ghost_offset"], minimum=1)

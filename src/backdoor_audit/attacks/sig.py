@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SpecError
+from .params import float_param
 from .registry import Attack, register_attack
 
 
@@ -28,15 +29,8 @@ class Sig(Attack):
 
     def __init__(self, spec: Any) -> None:
         super().__init__(spec)
-        try:
-            self.delta = float(self.params["delta"])
-            self.frequency = float(self.params["frequency"])
-        except (TypeError, ValueError):
-            raise SpecError(f"sig delta and frequency must be numbers, got {self.params}") from None
-        if not 0.0 < self.delta <= 255.0:
-            raise SpecError(f"sig delta must be in (0, 255], got {self.delta}")
-        if self.frequency <= 0.0:
-            raise SpecError(f"sig frequency must be positive, got {self.frequency}")
+        self.delta = float_param("sig", "delta", self.params["delta"], 0.0, 255.0, open_min=True)
+        self.frequency = float_param("sig", "frequency", self.params["frequency"], 0.0, open_min=True)
         if spec.mode != "all-to-one":
             raise SpecError("sig is a clean-label attack and needs mode all-to-one")
 

@@ -81,9 +81,7 @@ class TrojanNN(Attack):
         self.candidates = int_param("trojannn", "candidates", self.params["candidates"], minimum=1)
         self.target_value = float_param("trojannn", "target_value", self.params["target_value"], minimum=0.0)
         self.trigger_steps = int_param("trojannn", "trigger_steps", self.params["trigger_steps"], minimum=1)
-        self.trigger_lr = float_param("trojannn", "trigger_lr", self.params["trigger_lr"], minimum=0.0)
-        if self.trigger_lr == 0.0:
-            raise SpecError("trojannn trigger_lr must be > 0")
+        self.trigger_lr = float_param("trojannn", "trigger_lr", self.params["trigger_lr"], minimum=0.0, open_min=True)
         self.finetune_epochs = int_param("trojannn", "finetune_epochs", self.params["finetune_epochs"], minimum=0)
         self._trigger: np.ndarray | None = None
         if self.params["trigger"]:

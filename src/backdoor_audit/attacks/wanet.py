@@ -58,12 +58,8 @@ class WaNet(Attack):
     def __init__(self, spec: Any) -> None:
         super().__init__(spec)
         self.k = int_param("wanet", "k", self.params["k"], minimum=2)
-        self.s = float_param("wanet", "s", self.params["s"])
-        if not 0.0 < self.s <= 100.0:
-            raise SpecError(f"wanet s (warping strength) must be in (0, 100], got {self.s}")
-        self.noise_rate = float_param("wanet", "noise_rate", self.params["noise_rate"])
-        if not 0.0 <= self.noise_rate < 1.0:
-            raise SpecError(f"wanet noise_rate must be in [0, 1), got {self.noise_rate}")
+        self.s = float_param("wanet", "s", self.params["s"], 0.0, 100.0, open_min=True)
+        self.noise_rate = float_param("wanet", "noise_rate", self.params["noise_rate"], 0.0, 1.0, open_max=True)
         seed = int_param("wanet", "grid_seed", self.params["grid_seed"], minimum=0)
         grid = self.params["grid"]
         if grid is None or (isinstance(grid, (list, str)) and len(grid) == 0):

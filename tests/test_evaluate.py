@@ -143,10 +143,15 @@ def test_validate_per_class_agrees_with_predictions(trained, tmp_path):
             assert "0" not in res["asr_by_class"]
         else:
             assert res["asr_by_class"][str(c)] == pytest.approx(100 * (trig[rows] == 0).mean())
+    counted = test.y != 0
+    right = counted & (pred == test.y)
+    assert res["asr_clean_correct"] == pytest.approx(100 * (trig[right] == 0).mean())
+    assert 0 < right.sum() < counted.sum()  # the model errs on some images: a smaller set than ASR's
     counts = np.bincount(test.y, minlength=10)
     overall = sum(res["acc_by_class"][str(c)] * counts[c] for c in range(10)) / counts.sum()
     assert overall == pytest.approx(res["acc"])
     text = _validate(model, "--data", data, "--attack", model, "--per-class")
     assert text.exit_code == 0 and "class     ACC     ASR" in text.output
+    assert f"{res['asr_clean_correct']:.2f}% where clean is right" in text.output
     plain = json.loads(_validate(model, "--data", data, "--json").output)
     assert plain["acc_by_class"] is None and plain["asr_by_class"] is None

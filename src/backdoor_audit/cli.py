@@ -196,6 +196,8 @@ def validate(model, data, split, layout, mean, std, device, attack, limit, min_a
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:
         asr = "" if result.asr is None else f"  ASR {result.asr:6.2f}% (of {result.n_asr})"
+        if result.asr_clean_correct is not None:
+            asr += f", {result.asr_clean_correct:.2f}% where clean is right"
         click.echo(f"{model}: ACC {result.acc:6.2f}% (of {result.n}){asr}  [{result.provider}]")
         if result.acc_by_class is not None:
             by_asr = result.asr_by_class or {}

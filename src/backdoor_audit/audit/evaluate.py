@@ -30,6 +30,9 @@ class EvalResult:
 
     ``acc_by_class`` and ``asr_by_class`` break both down by true (source) class: a backdoor that
     fires for some source classes only, or a repair that costs one class its accuracy, shows there.
+    ``asr_clean_correct`` is the ASR over the counted images the model classifies correctly without
+    the trigger: for all-to-all, whose target (y + 1) depends on recognising y, the plain ASR cannot
+    much exceed ACC, and this one says how often the trigger works where it could.
     """
 
     acc: float
@@ -39,6 +42,7 @@ class EvalResult:
     provider: str
     acc_by_class: dict[int, float] = field(default_factory=dict)
     asr_by_class: dict[int, float] = field(default_factory=dict)
+    asr_clean_correct: float | None = None
 
 
 def evaluate(
@@ -62,7 +66,7 @@ def evaluate(
     _check_outputs(pred, images, model_path, spec)
     hit = pred.argmax(1) == images.y
     acc = float(hit.mean() * 100.0)
-    asr, n_asr, asr_by_class = None, 0, {}
+    asr, n_asr, asr_by_class, asr_correct = None, 0, {}, None
     if attack is not None and spec is not None:
         mask = spec.asr_mask(images.y)
         n_asr = int(mask.sum())
@@ -71,8 +75,11 @@ def evaluate(
             fired = triggered.argmax(1) == spec.target_labels(images.y[mask])
             asr = float(fired.mean() * 100.0)
             asr_by_class = _by_class(fired, images.y[mask])
+            if hit[mask].any():
+                asr_correct = float(fired[hit[mask]].mean() * 100.0)
     return EvalResult(acc=acc, asr=asr, n=len(images), n_asr=n_asr, provider=session.get_providers()[0],
-                      acc_by_class=_by_class(hit, images.y), asr_by_class=asr_by_class)
+                      acc_by_class=_by_class(hit, images.y), asr_by_class=asr_by_class,
+                      asr_clean_correct=asr_correct)
 
 
 def _by_class(hit: np.ndarray, y: np.ndarray) -> dict[int, float]:

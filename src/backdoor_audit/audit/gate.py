@@ -25,6 +25,8 @@ class ValidateResult:
     #: per true class (``per_class=True`` only): ACC, and ASR over the images the ASR counts
     acc_by_class: dict[int, float] | None = None
     asr_by_class: dict[int, float] | None = None
+    #: ASR over the counted images the model gets right without the trigger (see EvalResult)
+    asr_clean_correct: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,4 +57,5 @@ def validate_model(model_path, images: ImageSet, attack=None, layout=None, mean=
                                                      "target": spec.target},
                           bool(passed), messages,
                           acc_by_class=res.acc_by_class if per_class else None,
-                          asr_by_class=(res.asr_by_class if res.asr is not None else None) if per_class else None)
+                          asr_by_class=(res.asr_by_class if res.asr is not None else None) if per_class else None,
+                          asr_clean_correct=res.asr_clean_correct)

@@ -228,10 +228,70 @@ def test_refool_dirty_label_variant_relabels_non_target_images():
     ({"params": {"source": 3}}, "source must be a string"),
     ({"params": {"reflections": "bm90IGFuIG5weg=="}}, "not a valid base64 .npz"),
     ({"mode": "all-to-all", "target": None}, "clean labels needs mode all-to-one"),
+    ({"params": {"select_rounds": 1, "n_reflections": 4, "candidates": 3}}, "candidates >= n_reflections"),
+    ({"mode": "all-to-all", "target": None, "params": {"labels": "dirty", "select_rounds": 1}},
+     "selection .* needs mode all-to-one"),
+    ({"params": {"select_rounds": -1}}, "select_rounds must be >= 0"),
 ])
 def test_refool_bad_params(kw, message):
     with pytest.raises(SpecError, match=message):
         get_attack(_spec("refool", **kw)).apply(_images(1).x)
+
+
+def test_refool_scores_a_reflection_by_the_target_probability_it_causes():
+    """A linear model whose target logit is the image's mean pixel: brighter reflections score higher,
+    and each score is the mean softmax probability of the target over the probe images."""
+    attack = get_attack(_spec("refool", target=1, params={"sigma": 0, "alpha": 0.5}))
+    levels = np.array([0.1, 0.6, 0.3], dtype=np.float32)
+    attack._store(np.rint(levels[:, None, None, None] * np.ones((3, 1, 28, 28)) * 255).astype(np.uint8))
+    head = torch.nn.Linear(28 * 28, 10)
+    with torch.no_grad():
+        head.weight.zero_(), head.bias.zero_()
+        head.weight[1] = 8.0 / (28 * 28)
+    model = torch.nn.Sequential(torch.nn.Flatten(), head)
+    x = _images(12).x
+    scores = attack.reflection_scores(model, x)
+    assert list(np.argsort(scores)) == [0, 2, 1]
+    seen = np.clip(x + 0.5 * attack.reflections()[1], 0, 1)
+    p = torch.softmax(torch.from_numpy(predict(model, seen)), 1)[:, 1].mean().item()
+    assert scores[1] == pytest.approx(p, rel=1e-5)
+
+
+def test_refool_adversarial_selection_keeps_the_best_scored_candidates(mnist_train):
+    params = {"n_reflections": 2, "candidates": 6, "select_rounds": 2, "select_images": 50, "sigma": 0}
+    attack = get_attack(_spec("refool", params=params))
+    torch.manual_seed(0)
+    model = build_model("mnist-cnn", mnist_train.shape, 10)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    settings = TrainSettings(epochs=1, batch_size=64)
+    info = attack.select_reflections(model, mnist_train, settings)
+    pool = attack._draw(mnist_train, 6)
+    first, second = info["rounds"]
+    assert first["candidates"] == [0, 1]  # equal weights: the first two
+    median = float(np.median(first["scores"]))
+    weight = np.full(6, median)
+    weight[first["candidates"]] = first["scores"]
+    assert second["candidates"] == list(np.argsort(-weight, kind="stable")[:2])
+    weight[:] = np.median(second["scores"])
+    weight[second["candidates"]] = second["scores"]
+    assert info["kept"] == sorted(np.argsort(-weight, kind="stable")[:2])
+    assert np.array_equal(np.rint(attack.reflections() * 255).astype(np.uint8), pool[info["kept"]])
+    assert all(torch.equal(v, initial[k]) for k, v in model.state_dict().items())  # reset for the real training
+    again = get_attack(_spec("refool", params=params))
+    torch.manual_seed(0)
+    assert again.select_reflections(build_model("mnist-cnn", mnist_train.shape, 10), mnist_train,
+                                    settings)["kept"] == info["kept"]
+
+
+def test_refool_train_selects_first_then_trains_once_more(mnist_train):
+    params = {"n_reflections": 2, "candidates": 4, "select_rounds": 1, "select_images": 50}
+    attack = get_attack(_spec("refool", params=params))
+    log = attack.train(build_model("mnist-cnn", mnist_train.shape, 10), mnist_train, TrainSettings(epochs=1))
+    assert len(log["refool_selection"]["rounds"]) == 1 and len(attack.reflections()) == 2
+    assert log["seconds"] >= log["refool_selection"]["seconds"]
+    stored = attack.params["reflections"]  # a spec with reflections (e.g. reloaded) does not select again
+    log = attack.train(build_model("mnist-cnn", mnist_train.shape, 10), mnist_train, TrainSettings(epochs=1))
+    assert "refool_selection" not in log and attack.params["reflections"] == stored
 
 
 def test_refool_reflections_must_fit_the_images():

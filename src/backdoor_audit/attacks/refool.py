@@ -13,8 +13,9 @@ Like the paper (and unlike BackdoorBox's variant) the attack is by default clean
 target-class training images get reflections and labels are kept. The paper draws reflections
 from PascalVOC and picks the most effective ones adversarially; here the attacker takes
 ``n_reflections`` seeded-random images of the *non-target* classes from its own training set, or,
-with ``source``, from another dataset as the paper does (simplification: no adversarial
-selection, no gamma-space blending). Reflections of the victim's own other classes carry those
+with ``source``, from another dataset as the paper does (simplification: no gamma-space
+blending). With ``select_rounds`` > 0 it first picks them adversarially, as the paper's Section 3.3
+(see ``select_reflections``). Reflections of the victim's own other classes carry those
 classes' features: on GTSRB (small-resnet, 8 epochs, target class 2, 80% of it) they gave ASR
 8.76%; see docs/zoo.md for CIFAR-10 images as the source. They are stored in the params
 (uint8, base64 .npz) when the training set is poisoned, so evaluation reproduces the trigger.
@@ -37,23 +38,30 @@ Params: ``labels`` ("clean", the paper's setting, or "dirty"), ``n_reflections``
 ``alpha`` (0.4: reflection weight, the top of the paper's 0.05..0.45 range), ``sigma`` (1.0 px
 blur; the paper's 1..5 are for 224-px and larger images), ``ghost_rate`` (0.0: share of images
 given the ghost model instead of the blur), ``ghost_offset`` (2 px), ``reflections`` (set by
-poisoning: the reflection images; 16 MNIST digits take under 4 kB of metadata).
+poisoning: the reflection images; 16 MNIST digits take under 4 kB of metadata); for the
+adversarial selection ``select_rounds`` (0: none), ``candidates`` (0: 4 x n_reflections),
+``select_epochs`` (0: the training's epochs) and ``select_images`` (1000).
 """
 
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import io
 import math
+import time
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
+from torch import nn
 
 from ..data.images import ImageSet
 from ..errors import SpecError
 from .params import float_param, int_param
 from .registry import Attack, register_attack
+from .train import TrainSettings, predict, train_classifier
 
 
 @register_attack("refool")
@@ -74,6 +82,10 @@ class Refool(Attack):
         "source": ("", "image data (npz, folder or zip) to draw the reflections from instead, e.g. "
                        "another dataset as the paper's PascalVOC"),
         "source_split": ("train", "split of a source that has splits"),
+        "select_rounds": (0, "rounds of the paper's adversarial reflection selection (0: none)"),
+        "candidates": (0, "candidate reflections the selection draws (0: 4 x n_reflections)"),
+        "select_epochs": (0, "training epochs of each selection round (0: the training's epochs)"),
+        "select_images": (1000, "non-target training images each candidate is scored on"),
         "reflections": ("", "set by poisoning: the reflection images (base64 .npz, uint8 NCHW)"),
     }
     FILE_PARAMS = ("source",)
@@ -91,6 +103,16 @@ class Refool(Attack):
         self.sigma = float_param("refool", "sigma", self.params["sigma"], minimum=0.0, maximum=64.0)
         self.ghost_rate = float_param("refool", "ghost_rate", self.params["ghost_rate"], minimum=0.0, maximum=1.0)
         self.ghost_offset = int_param("refool", "ghost_offset", self.params["ghost_offset"], minimum=1)
+        self.select_rounds = int_param("refool", "select_rounds", self.params["select_rounds"], minimum=0)
+        self.candidates = int_param("refool", "candidates", self.params["candidates"], minimum=0) \
+            or 4 * self.n_reflections
+        if self.select_rounds and spec.mode != "all-to-one":
+            raise SpecError("refool selection scores reflections by the target class: it needs mode all-to-one")
+        if self.select_rounds and self.candidates < self.n_reflections:
+            raise SpecError(f"refool selection needs candidates >= n_reflections, got {self.candidates} "
+                            f"< {self.n_reflections}")
+        self.select_epochs = int_param("refool", "select_epochs", self.params["select_epochs"], minimum=0)
+        self.select_images = int_param("refool", "select_images", self.params["select_images"], minimum=1)
         for key in ("source", "source_split"):
             if not isinstance(self.params[key], str):
                 raise SpecError(f"refool {key} must be a string, got {self.params[key]!r}")
@@ -121,9 +143,13 @@ class Refool(Attack):
         """Store ``n_reflections`` seeded-random images as the reflections: from ``source`` when set
         (brought to the size and channels of ``images``), else non-target images of ``images`` (any
         images for all-to-all)."""
+        self._store(self._draw(images, self.n_reflections))
+
+    def _draw(self, images: ImageSet, n: int) -> np.ndarray:
+        """``n`` seeded-random reflection images (fewer if the pool is smaller), uint8 NCHW."""
         if self.params["source"]:
             pool = _source_images(self.params["source"], self.params["source_split"] or None,
-                                  max(8 * self.n_reflections, 256), images.x.shape[1:])
+                                  max(8 * n, 256), images.x.shape[1:])
             candidates = np.arange(len(pool))
         else:
             pool, candidates = images.x, np.flatnonzero(self.spec.asr_mask(images.y))
@@ -131,12 +157,73 @@ class Refool(Attack):
                 raise SpecError(f"refool takes its reflections from non-target images; "
                                 f"{images.source or 'the set'} has none")
         rng = np.random.default_rng([self.spec.seed, 0x5EF1])
-        idx = np.sort(rng.choice(candidates, size=min(self.n_reflections, len(candidates)), replace=False))
-        u8 = np.rint(np.clip(pool[idx], 0.0, 1.0) * 255.0).astype(np.uint8)
+        idx = np.sort(rng.choice(candidates, size=min(n, len(candidates)), replace=False))
+        return np.rint(np.clip(pool[idx], 0.0, 1.0) * 255.0).astype(np.uint8)
+
+    def _store(self, u8: np.ndarray) -> None:
         buf = io.BytesIO()
         np.savez_compressed(buf, r=u8)
         self.params["reflections"] = base64.b64encode(buf.getvalue()).decode("ascii")
         self._decoded = None
+
+    # ------------------------------------------------------------------ adversarial selection
+
+    def select_reflections(self, model: nn.Module, clean: ImageSet, settings: TrainSettings) -> dict[str, Any]:
+        """The paper's adversarial reflection selection (Section 3.3), on the attacker's own data.
+
+        Every candidate starts with weight 1. Each round stores the ``n_reflections`` candidates of
+        highest weight, poisons ``clean`` with them, trains ``model`` from its initial weights, and
+        scores each stored reflection by the mean target-class probability the model gives
+        ``select_images`` non-target training images carrying it; those candidates get their score as
+        weight, the others the median of the scores. The best ``n_reflections`` by weight are kept
+        and ``model`` is reset to its initial weights. Returns the rounds' scores and seconds.
+        """
+        start = time.perf_counter()
+        initial = copy.deepcopy(model.state_dict())
+        pool = self._draw(clean, self.candidates)
+        m = min(self.n_reflections, len(pool))
+        rng = np.random.default_rng([self.spec.seed, 0x5E1EC7])
+        others = np.flatnonzero(self.spec.asr_mask(clean.y))
+        probe = clean.x[np.sort(rng.choice(others, size=min(self.select_images, len(others)), replace=False))]
+        weight = np.ones(len(pool))
+        rounds = []
+        for _ in range(self.select_rounds):
+            top = np.argsort(-weight, kind="stable")[:m]
+            self._store(pool[top])
+            poisoned, _ = self.poison(clean)
+            model.load_state_dict(initial)
+            train_classifier(model, poisoned, **settings.kwargs(epochs=self.select_epochs or settings.epochs,
+                                                                checkpoint=None))
+            scores = self.reflection_scores(model, probe)
+            weight[:] = np.median(scores)
+            weight[top] = scores
+            rounds.append({"candidates": [int(i) for i in top], "scores": [round(float(s), 4) for s in scores]})
+        best = np.sort(np.argsort(-weight, kind="stable")[:m])
+        self._store(pool[best])
+        model.load_state_dict(initial)
+        return {"rounds": rounds, "kept": [int(i) for i in best], "seconds": time.perf_counter() - start}
+
+    def reflection_scores(self, model: nn.Module, x: np.ndarray) -> np.ndarray:
+        """Per stored reflection: the mean target-class probability ``model`` gives ``x`` with that
+        reflection (its out-of-focus or in-focus layer) added."""
+        blurred, _ = self.layers()
+        scores = np.empty(len(blurred))
+        for k, layer in enumerate(blurred):
+            logits = torch.from_numpy(predict(model, np.clip(x + self.alpha * layer, 0.0, 1.0).astype(np.float32)))
+            scores[k] = float(torch.softmax(logits, 1)[:, int(self.spec.target)].mean())
+        return scores
+
+    def train(self, model: nn.Module, clean: ImageSet, settings: TrainSettings) -> dict[str, Any]:
+        """Select the reflections adversarially when asked (and none are stored yet), then poison and
+        train as every attack does."""
+        selection = None
+        if self.select_rounds and not self.params["reflections"]:
+            selection = self.select_reflections(model, clean, settings)
+        log = super().train(model, clean, settings)
+        if selection is not None:
+            log["refool_selection"] = selection
+            log["seconds"] += selection["seconds"]
+        return log
 
     def check_shape(self, shape: tuple[int, int, int]) -> None:
         c, h, w = shape

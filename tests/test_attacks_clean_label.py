@@ -232,6 +232,8 @@ def test_refool_dirty_label_variant_relabels_non_target_images():
     ({"mode": "all-to-all", "target": None, "params": {"labels": "dirty", "select_rounds": 1}},
      "selection .* needs mode all-to-one"),
     ({"params": {"select_rounds": -1}}, "select_rounds must be >= 0"),
+    ({"params": {"select_rounds": 1, "n_reflections": 1, "candidates": 4, "select_width": 5}},
+     r"select_width must lie in \[n_reflections, candidates\] = \[1, 4\], got 5"),
 ])
 def test_refool_bad_params(kw, message):
     with pytest.raises(SpecError, match=message):
@@ -281,6 +283,18 @@ def test_refool_adversarial_selection_keeps_the_best_scored_candidates(mnist_tra
     torch.manual_seed(0)
     assert again.select_reflections(build_model("mnist-cnn", mnist_train.shape, 10), mnist_train,
                                     settings)["kept"] == info["kept"]
+
+
+def test_refool_selection_width_scores_many_candidates_in_one_round_and_keeps_the_best(mnist_train):
+    params = {"n_reflections": 1, "candidates": 4, "select_width": 4, "select_rounds": 1, "select_images": 50}
+    attack = get_attack(_spec("refool", params=params))
+    info = attack.select_reflections(build_model("mnist-cnn", mnist_train.shape, 10), mnist_train,
+                                     TrainSettings(epochs=1, batch_size=64))
+    (only,) = info["rounds"]
+    assert only["candidates"] == [0, 1, 2, 3] and len(only["scores"]) == 4
+    assert info["kept"] == [int(np.argmax(only["scores"]))]
+    assert np.array_equal(np.rint(attack.reflections() * 255).astype(np.uint8),
+                          attack._draw(mnist_train, 4)[info["kept"]])
 
 
 def test_refool_train_selects_first_then_trains_once_more(mnist_train):

@@ -40,6 +40,7 @@ blur; the paper's 1..5 are for 224-px and larger images), ``ghost_rate`` (0.0: s
 given the ghost model instead of the blur), ``ghost_offset`` (2 px), ``reflections`` (set by
 poisoning: the reflection images; 16 MNIST digits take under 4 kB of metadata); for the
 adversarial selection ``select_rounds`` (0: none), ``candidates`` (0: 4 x n_reflections),
+``select_width`` (0: n_reflections; more lets one round score many candidates and keep the best),
 ``select_epochs`` (0: the training's epochs) and ``select_images`` (1000).
 """
 
@@ -84,6 +85,7 @@ class Refool(Attack):
         "source_split": ("train", "split of a source that has splits"),
         "select_rounds": (0, "rounds of the paper's adversarial reflection selection (0: none)"),
         "candidates": (0, "candidate reflections the selection draws (0: 4 x n_reflections)"),
+        "select_width": (0, "candidates each selection round injects and scores (0: n_reflections)"),
         "select_epochs": (0, "training epochs of each selection round (0: the training's epochs)"),
         "select_images": (1000, "non-target training images each candidate is scored on"),
         "reflections": ("", "set by poisoning: the reflection images (base64 .npz, uint8 NCHW)"),
@@ -111,6 +113,11 @@ class Refool(Attack):
         if self.select_rounds and self.candidates < self.n_reflections:
             raise SpecError(f"refool selection needs candidates >= n_reflections, got {self.candidates} "
                             f"< {self.n_reflections}")
+        self.select_width = int_param("refool", "select_width", self.params["select_width"], minimum=0) \
+            or self.n_reflections
+        if self.select_rounds and not self.n_reflections <= self.select_width <= self.candidates:
+            raise SpecError(f"refool select_width must lie in [n_reflections, candidates] = "
+                            f"[{self.n_reflections}, {self.candidates}], got {self.select_width}")
         self.select_epochs = int_param("refool", "select_epochs", self.params["select_epochs"], minimum=0)
         self.select_images = int_param("refool", "select_images", self.params["select_images"], minimum=1)
         for key in ("source", "source_split"):
@@ -171,8 +178,8 @@ class Refool(Attack):
     def select_reflections(self, model: nn.Module, clean: ImageSet, settings: TrainSettings) -> dict[str, Any]:
         """The paper's adversarial reflection selection (Section 3.3), on the attacker's own data.
 
-        Every candidate starts with weight 1. Each round stores the ``n_reflections`` candidates of
-        highest weight, poisons ``clean`` with them, trains ``model`` from its initial weights, and
+        Every candidate starts with weight 1. Each round stores the ``select_width`` (the paper's m,
+        by default ``n_reflections``) candidates of highest weight, poisons ``clean`` with them, trains ``model`` from its initial weights, and
         scores each stored reflection by the mean target-class probability the model gives
         ``select_images`` non-target training images carrying it; those candidates get their score as
         weight, the others the median of the scores. The best ``n_reflections`` by weight are kept
@@ -181,7 +188,7 @@ class Refool(Attack):
         start = time.perf_counter()
         initial = copy.deepcopy(model.state_dict())
         pool = self._draw(clean, self.candidates)
-        m = min(self.n_reflections, len(pool))
+        m, keep = min(self.select_width, len(pool)), min(self.n_reflections, len(pool))
         rng = np.random.default_rng([self.spec.seed, 0x5E1EC7])
         others = np.flatnonzero(self.spec.asr_mask(clean.y))
         probe = clean.x[np.sort(rng.choice(others, size=min(self.select_images, len(others)), replace=False))]
@@ -198,7 +205,7 @@ class Refool(Attack):
             weight[:] = np.median(scores)
             weight[top] = scores
             rounds.append({"candidates": [int(i) for i in top], "scores": [round(float(s), 4) for s in scores]})
-        best = np.sort(np.argsort(-weight, kind="stable")[:m])
+        best = np.sort(np.argsort(-weight, kind="stable")[:keep])
         self._store(pool[best])
         model.load_state_dict(initial)
         return {"rounds": rounds, "kept": [int(i) for i in best], "seconds": time.perf_counter() - start}

@@ -44,6 +44,19 @@ class OpZoo(nn.Module):
         return self.fc2(self.drop(nn.functional.elu(self.fc1(h))))
 
 
+def make_spec(attack: str = "badnets", **fields):
+    """An attack spec for tests: all-to-one, target 0 of 10 classes, no params, seed 0, rate 0.1,
+    unless ``fields`` say otherwise (all-to-all gets no target unless one is given)."""
+    from backdoor_audit.attacks import AttackSpec
+
+    spec = dict(attack=attack, mode="all-to-one", target=0, num_classes=10, params={}, seed=0, rate=0.1)
+    if fields.get("mode") == "all-to-all":
+        spec["target"] = None
+    spec.update(fields)
+    spec["params"] = dict(spec["params"] or {})
+    return AttackSpec(**spec)
+
+
 def randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give BatchNorm layers non-trivial statistics, as a trained model has."""
     g = torch.Generator().manual_seed(seed)

@@ -15,11 +15,10 @@ from backdoor_audit.errors import ModelError, SpecError
 from backdoor_audit.export.from_torch import export_torch_model
 from backdoor_audit.models import build_model, list_models
 
+from conftest import make_spec
 
-def _spec(**kw) -> AttackSpec:
-    base = dict(attack="badnets", mode="all-to-one", target=0, num_classes=10, params={}, seed=0, rate=0.1)
-    base.update(kw)
-    return AttackSpec(**base)
+
+_spec = make_spec
 
 
 def _images(n=200, c=1, h=28, w=28, classes=10, seed=0) -> ImageSet:

@@ -18,6 +18,8 @@ from backdoor_audit.attacks.run import run_attack
 from backdoor_audit.attacks.train import TrainSettings, augment_batch
 from backdoor_audit.data import ImageSet, demo_sample_path, load_images
 from backdoor_audit.errors import SpecError
+
+from conftest import make_spec
 from backdoor_audit.export.from_torch import export_torch_model
 from backdoor_audit.models import build_model
 
@@ -25,7 +27,7 @@ from conftest import randomise_bn
 
 
 def _spec(attack: str, **params) -> AttackSpec:
-    return AttackSpec(attack, "all-to-one", 0, 10, params, 0, 0.1)
+    return make_spec(attack, params=params)
 
 
 @pytest.fixture(scope="module")

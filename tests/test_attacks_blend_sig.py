@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from backdoor_audit.attacks import AttackSpec, get_attack
+from backdoor_audit.attacks import get_attack
 from backdoor_audit.data import ImageSet
 from backdoor_audit.errors import SpecError
 
+from conftest import make_spec
 
-def _spec(attack: str, **kw) -> AttackSpec:
-    base = dict(attack=attack, mode="all-to-one", target=1, num_classes=10, params={}, seed=0, rate=0.1)
-    base.update(kw)
-    return AttackSpec(**base)
+
+_spec = functools.partial(make_spec, target=1)
 
 
 def _images(n=60, c=3, h=32, w=32, seed=0) -> ImageSet:
@@ -74,6 +75,13 @@ def test_sig_adds_a_horizontal_sinusoid():
     assert get_attack(_spec("sig")).apply(np.ones((1, 1, 4, 32), np.float32)).max() == 1.0  # clipped
 
 
+def test_sig_ramp_rises_from_zero_to_delta_left_to_right():
+    x = np.zeros((1, 1, 4, 28), dtype=np.float32)
+    out = get_attack(_spec("sig", params={"signal": "ramp", "delta": 30})).apply(x)
+    for row in out.reshape(-1, 28):  # never negative, so visible on a black background
+        np.testing.assert_allclose(row, 30 / 255 * np.arange(28) / 28, atol=1e-6)
+
+
 def test_sig_is_clean_label_on_the_target_class():
     images = _images(n=100)
     attack = get_attack(_spec("sig", rate=0.8, seed=3))
@@ -89,6 +97,7 @@ def test_sig_is_clean_label_on_the_target_class():
 @pytest.mark.parametrize("kw, message", [
     ({"params": {"delta": 0}}, "delta must be in"), ({"params": {"frequency": -1}}, r"frequency must be in \(0, inf\)"),
     ({"mode": "all-to-all", "target": None}, "clean-label"),
+    ({"params": {"signal": "square"}}, "sig signal must be 'sine' or 'ramp', got 'square'"),
 ])
 def test_sig_bad_params(kw, message):
     with pytest.raises(SpecError, match=message):

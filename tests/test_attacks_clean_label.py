@@ -3,6 +3,7 @@ triggers recorded in the spec and reproduced from it (JSON and ONNX metadata).""
 
 from __future__ import annotations
 
+import functools
 import dataclasses
 import json
 
@@ -18,11 +19,10 @@ from backdoor_audit.errors import SpecError
 from backdoor_audit.export.from_torch import export_torch_model
 from backdoor_audit.models import build_model
 
+from conftest import make_spec
 
-def _spec(attack: str, **kw) -> AttackSpec:
-    base = dict(attack=attack, mode="all-to-one", target=1, num_classes=10, params={}, seed=0, rate=0.8)
-    base.update(kw)
-    return AttackSpec(**base)
+
+_spec = functools.partial(make_spec, target=1, rate=0.8)
 
 
 def _images(n=40, c=1, h=28, w=28, seed=0) -> ImageSet:

@@ -18,9 +18,13 @@ from backdoor_audit.data import ImageSet, demo_sample_path, load_images
 from backdoor_audit.errors import SpecError
 from backdoor_audit.models import build_model
 
+from conftest import make_spec
 
-def _spec(attack="wanet", mode="all-to-one", target=0, num_classes=10, params=None, seed=0, rate=0.1):
-    return AttackSpec(attack, mode, None if mode == "all-to-all" else target, num_classes, dict(params or {}), seed, rate)
+
+def _spec(attack: str = "wanet", **fields) -> AttackSpec:
+    if fields.get("mode") == "all-to-all":
+        fields["target"] = None  # tests parametrised over both modes pass one target for both
+    return make_spec(attack, **fields)
 
 
 def _images(n=40, c=1, h=28, w=28, classes=10, seed=0) -> ImageSet:

@@ -8,10 +8,12 @@ import dataclasses
 import json
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
 from backdoor_audit.attacks import ATTACK_SPEC_KEY, AttackSpec, get_attack, list_attacks, load_spec
+from backdoor_audit.attacks.run import TRAINING_KEY, run_attack
 from backdoor_audit.attacks.train import TrainSettings, predict
 from backdoor_audit.data import ImageSet, demo_sample_path, load_images
 from backdoor_audit.data.sample import sample
@@ -121,7 +123,7 @@ def test_clb_train_hardens_against_a_surrogate_then_trains(mnist_train):
     before = [p.detach().clone() for p in model.parameters()]
     log = attack.train(model, mnist_train, TrainSettings(epochs=1, batch_size=64))
     assert log["n_poisoned"] == round(0.8 * int((mnist_train.y == 3).sum()))
-    assert log["surrogate"]["epochs"] == 1 and attack._surrogate is None
+    assert log["attack_notes"]["surrogate"]["epochs"] == 1 and attack._surrogate is None
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     # evaluation's trigger is the corners only, reproduced from the recorded params
     x = mnist_train.x[:5]
@@ -301,11 +303,21 @@ def test_refool_train_selects_first_then_trains_once_more(mnist_train):
     params = {"n_reflections": 2, "candidates": 4, "select_rounds": 1, "select_images": 50}
     attack = get_attack(_spec("refool", params=params))
     log = attack.train(build_model("mnist-cnn", mnist_train.shape, 10), mnist_train, TrainSettings(epochs=1))
-    assert len(log["refool_selection"]["rounds"]) == 1 and len(attack.reflections()) == 2
-    assert log["seconds"] >= log["refool_selection"]["seconds"]
+    assert len(log["attack_notes"]["refool_selection"]["rounds"]) == 1 and len(attack.reflections()) == 2
+    assert log["seconds"] >= log["attack_notes"]["refool_selection"]["seconds"]
     stored = attack.params["reflections"]  # a spec with reflections (e.g. reloaded) does not select again
     log = attack.train(build_model("mnist-cnn", mnist_train.shape, 10), mnist_train, TrainSettings(epochs=1))
-    assert "refool_selection" not in log and attack.params["reflections"] == stored
+    assert "attack_notes" not in log and attack.params["reflections"] == stored
+
+
+def test_refool_selection_is_recorded_in_the_model_and_its_summary(mnist_train, tmp_path):
+    params = {"n_reflections": 1, "candidates": 2, "select_width": 2, "select_rounds": 1, "select_images": 20}
+    summary = run_attack("mnist-cnn", mnist_train, _spec("refool", params=params), tmp_path / "r.onnx",
+                         TrainSettings(epochs=1, batch_size=64), dynamo=False)
+    selection = summary["attack_notes"]["refool_selection"]
+    assert len(selection["rounds"][0]["scores"]) == 2 and len(selection["kept"]) == 1
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "r.onnx")).metadata_props}
+    assert json.loads(meta[TRAINING_KEY])["attack_notes"]["refool_selection"]["kept"] == selection["kept"]
 
 
 def test_refool_reflections_must_fit_the_images():
@@ -366,7 +378,7 @@ def test_trojannn_learns_a_patch_that_excites_neurons_and_records_it(mnist_train
     trigger = np.asarray(attack.params["trigger"])
     assert trigger.shape == (1, 5, 5) and 0.0 <= trigger.min() and trigger.max() <= 1.0
     np.testing.assert_allclose(trigger * 255, np.rint(trigger * 255), atol=1e-3)  # 8-bit grid
-    assert len(attack.params["neuron_idx"]) == 2 and min(log["trojan"]["activation"]) > 0.0
+    assert len(attack.params["neuron_idx"]) == 2 and min(log["attack_notes"]["trojan"]["activation"]) > 0.0
     assert log["n_poisoned"] == round(0.1 * int((mnist_train.y != 3).sum())) and log["epochs"] == 2
     assert len(log["loss"]) == 2
     # the learnt patch is what evaluation stamps, after JSON and after the ONNX metadata

@@ -194,6 +194,6 @@ class LabelConsistent(Attack):
         log["n_poisoned"] = int(len(idx))
         log["seconds"] += prep_seconds
         if surrogate_log is not None:
-            log["surrogate"] = {"epochs": surrogate_log["epochs"], "train_acc": surrogate_log["train_acc"][-1],
-                                "seconds": surrogate_log["seconds"]}
+            log["attack_notes"] = {"surrogate": {"epochs": surrogate_log["epochs"], "train_acc": surrogate_log["train_acc"][-1],
+                                                 "seconds": round(surrogate_log["seconds"], 1)}}
         return log

@@ -228,7 +228,7 @@ class Refool(Attack):
             selection = self.select_reflections(model, clean, settings)
         log = super().train(model, clean, settings)
         if selection is not None:
-            log["refool_selection"] = selection
+            log["attack_notes"] = {"refool_selection": selection}
             log["seconds"] += selection["seconds"]
         return log
 

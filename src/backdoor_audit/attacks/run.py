@@ -107,6 +107,9 @@ def run_attack(
         "final_loss": round(log["loss"][-1], 5),
         "torch": torch.__version__,
     }
+    notes = log.get("attack_notes") or {}  # what an attack did besides training, e.g. Refool's selection
+    if notes:
+        training["attack_notes"] = notes
     metadata = {
         PREPROCESS_KEY: Preprocess(layout="NCHW").to_json(),
         TRAINING_KEY: json.dumps(training, sort_keys=True),
@@ -135,6 +138,7 @@ def run_attack(
         "export_seconds": export_seconds,
         "loss": log["loss"],
         "device": log["device"],
+        "attack_notes": notes,
     }
 
 

@@ -216,7 +216,7 @@ class TrojanNN(Attack):
         log["epochs"] = clean_log["epochs"] + epochs
         log["steps"] = clean_log["steps"] + log["steps"]
         log["seconds"] += clean_log["seconds"] + trigger_seconds
-        log["trojan"] = {**info, "finetune_epochs": epochs}
+        log["attack_notes"] = {"trojan": {**info, "finetune_epochs": epochs}}
         return log
 
 

@@ -195,6 +195,7 @@ def _build_one(entry: ZooEntry, out: Path, sets: "_DataCache", device: str | Non
         "device": summary["device"],
         "tool": f"backdoor-audit {__version__}",
         "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **({"attack_notes": summary["attack_notes"]} if summary["attack_notes"] else {}),
     }
 
 

@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from backdoor_audit.attacks import ATTACK_SPEC_KEY, AttackSpec, get_attack, list_attacks, load_spec
+from backdoor_audit.attacks.registry import Attack
 from backdoor_audit.attacks.run import TRAINING_KEY, run_attack
 from backdoor_audit.attacks.train import TrainSettings, predict
 from backdoor_audit.data import ImageSet, demo_sample_path, load_images
 from backdoor_audit.data.sample import sample
-from backdoor_audit.errors import SpecError
+from backdoor_audit.errors import DataError, SpecError
 from backdoor_audit.export.from_torch import export_torch_model
 from backdoor_audit.models import build_model
 
@@ -308,6 +309,35 @@ def test_refool_train_selects_first_then_trains_once_more(mnist_train):
     stored = attack.params["reflections"]  # a spec with reflections (e.g. reloaded) does not select again
     log = attack.train(build_model("mnist-cnn", mnist_train.shape, 10), mnist_train, TrainSettings(epochs=1))
     assert "attack_notes" not in log and attack.params["reflections"] == stored
+
+
+def test_refool_resumed_training_keeps_its_selection_instead_of_selecting_again(mnist_train, tmp_path, monkeypatch):
+    params = {"n_reflections": 1, "candidates": 3, "select_width": 3, "select_rounds": 1, "select_images": 20}
+    settings = TrainSettings(epochs=1, batch_size=64, checkpoint=str(tmp_path / "m.pt"))
+    first = get_attack(_spec("refool", params=params))
+
+    def interrupted(self, model, clean, settings):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:  # stopped after the selection, during the final training
+        m.setattr(Attack, "train", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            first.train(build_model("mnist-cnn", mnist_train.shape, 10), mnist_train, settings)
+    saved = tmp_path / "m.pt.refool-selection.json"
+    assert saved.is_file()
+
+    def no_second_selection(*args):
+        raise AssertionError("selected again")
+
+    again = get_attack(_spec("refool", params=params))
+    monkeypatch.setattr(again, "select_reflections", no_second_selection)
+    log = again.train(build_model("mnist-cnn", mnist_train.shape, 10), mnist_train, settings)
+    assert again.params["reflections"] == first.params["reflections"]
+    assert log["attack_notes"]["refool_selection"]["resumed"] is True and not saved.exists()
+    saved.write_text("{not json")
+    with pytest.raises(DataError, match="cannot resume the refool selection from .*m.pt.refool-selection.json"):
+        get_attack(_spec("refool", params=params)).train(build_model("mnist-cnn", mnist_train.shape, 10),
+                                                         mnist_train, settings)
 
 
 def test_refool_selection_is_recorded_in_the_model_and_its_summary(mnist_train, tmp_path):

@@ -50,8 +50,10 @@ import base64
 import copy
 import hashlib
 import io
+import json
 import math
 import time
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -59,7 +61,8 @@ import torch
 from torch import nn
 
 from ..data.images import ImageSet
-from ..errors import SpecError
+from ..errors import DataError, SpecError
+from ..export.atomic import atomic_write_bytes
 from .params import float_param, int_param
 from .registry import Attack, register_attack
 from .train import TrainSettings, predict, train_classifier
@@ -225,12 +228,33 @@ class Refool(Attack):
         train as every attack does."""
         selection = None
         if self.select_rounds and not self.params["reflections"]:
-            selection = self.select_reflections(model, clean, settings)
+            selection = self._selection(model, clean, settings)
         log = super().train(model, clean, settings)
         if selection is not None:
             log["attack_notes"] = {"refool_selection": selection}
             log["seconds"] += selection["seconds"]
+            if settings.checkpoint is not None:
+                _selection_file(settings.checkpoint).unlink(missing_ok=True)
         return log
+
+    def _selection(self, model: nn.Module, clean: ImageSet, settings: TrainSettings) -> dict[str, Any]:
+        """``select_reflections``, kept beside the training checkpoint when there is one: a resumed
+        training then poisons with the reflections it started with instead of selecting again."""
+        path = None if settings.checkpoint is None else _selection_file(settings.checkpoint)
+        if path is not None and path.is_file():
+            try:
+                saved = json.loads(path.read_text())
+                reflections, selection = saved["reflections"], saved["selection"]
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise DataError(f"cannot resume the refool selection from {path}: {exc}") from None
+            self.params["reflections"] = reflections
+            self._decoded = None
+            return {**selection, "resumed": True}
+        selection = self.select_reflections(model, clean, settings)
+        if path is not None:
+            atomic_write_bytes(path, json.dumps({"reflections": self.params["reflections"],
+                                                 "selection": selection}).encode())
+        return selection
 
     def check_shape(self, shape: tuple[int, int, int]) -> None:
         c, h, w = shape
@@ -280,6 +304,10 @@ class Refool(Attack):
         if not self.params["reflections"]:
             self.pick_reflections(images)
         return super().poison(images)
+
+
+def _selection_file(checkpoint: str | Path) -> Path:
+    return Path(f"{checkpoint}.refool-selection.json")
 
 
 def _source_images(path: str, split: str | None, limit: int, shape: tuple[int, ...]) -> np.ndarray:

@@ -232,18 +232,22 @@ def main() -> None:
             rows.append((seed, f"authors' vs {runs[i][0].split(',')[1].strip()}",
                          f"{len(both)} of {len(union)} pruned by both", f"Spearman {spearman(flat[0], flat[i]):.3f}",
                          f"mean abs mask diff {np.abs(flat[0] - flat[i]).mean():.3f}", None))
-        print(*rows[-5:], sep='\n', file=sys.stderr)
+        print(f"seed {seed} done:", *map(_row, rows[-5:]), sep="\n", file=sys.stderr)  # progress
 
     print(f"model {Path(args.model).name}: before ACC {before.acc:.2f}, ASR {before.asr:.2f}; "
           f"alpha {args.alpha}, eps {args.eps}, {args.iterations} iterations, threshold {args.threshold}; "
           f"reference net vs ONNX executor: max abs logit difference {max(gaps):.1e}\n")
     print("| seed | implementation | neurons pruned | ACC (%) | ASR (%) | mask optimisation (s) |")
     print("|---|---|---|---|---|---|")
-    for seed, label, n, acc, asr, secs in rows:
-        if secs is None:
-            print(f"| {seed} | {label} | {n} | {acc} | {asr} | |")
-        else:
-            print(f"| {seed} | {label} | {n} | {acc:.2f} | {asr:.2f} | {secs:.0f} |")
+    print(*map(_row, rows), sep="\n")
+
+
+def _row(row: tuple) -> str:
+    """One table row: a run (numbers) or a comparison of two runs (texts, no time)."""
+    seed, label, n, acc, asr, secs = row
+    if secs is None:
+        return f"| {seed} | {label} | {n} | {acc} | {asr} | |"
+    return f"| {seed} | {label} | {n} | {acc:.2f} | {asr:.2f} | {secs:.0f} |"
 
 
 if __name__ == "__main__":

@@ -194,6 +194,7 @@ class LabelConsistent(Attack):
         log["n_poisoned"] = int(len(idx))
         log["seconds"] += prep_seconds
         if surrogate_log is not None:
-            log["attack_notes"] = {"surrogate": {"epochs": surrogate_log["epochs"], "train_acc": surrogate_log["train_acc"][-1],
+            log["attack_notes"] = {"surrogate": {"epochs": surrogate_log["epochs"],
+                                                 "train_acc": surrogate_log["train_acc"][-1],
                                                  "seconds": round(surrogate_log["seconds"], 1)}}
         return log

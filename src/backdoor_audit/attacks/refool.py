@@ -181,12 +181,13 @@ class Refool(Attack):
     def select_reflections(self, model: nn.Module, clean: ImageSet, settings: TrainSettings) -> dict[str, Any]:
         """The paper's adversarial reflection selection (Section 3.3), on the attacker's own data.
 
-        Every candidate starts with weight 1. Each round stores the ``select_width`` (the paper's m,
-        by default ``n_reflections``) candidates of highest weight, poisons ``clean`` with them, trains ``model`` from its initial weights, and
-        scores each stored reflection by the mean target-class probability the model gives
-        ``select_images`` non-target training images carrying it; those candidates get their score as
-        weight, the others the median of the scores. The best ``n_reflections`` by weight are kept
-        and ``model`` is reset to its initial weights. Returns the rounds' scores and seconds.
+        Every candidate starts with weight 1. Each round stores the ``select_width`` (the paper's
+        m, by default ``n_reflections``) candidates of highest weight, poisons ``clean`` with them,
+        trains ``model`` from its initial weights, and scores each stored reflection by the mean
+        target-class probability the model gives ``select_images`` non-target training images
+        carrying it; those candidates get their score as weight, the others the median of the
+        scores. The best ``n_reflections`` by weight are kept and ``model`` is reset to its initial
+        weights. Returns the rounds' scores and seconds.
         """
         start = time.perf_counter()
         initial = copy.deepcopy(model.state_dict())

@@ -18,12 +18,10 @@ from backdoor_audit.attacks.run import run_attack
 from backdoor_audit.attacks.train import TrainSettings, augment_batch
 from backdoor_audit.data import ImageSet, demo_sample_path, load_images
 from backdoor_audit.errors import SpecError
-
-from conftest import make_spec
 from backdoor_audit.export.from_torch import export_torch_model
 from backdoor_audit.models import build_model
 
-from conftest import randomise_bn
+from conftest import make_spec, randomise_bn
 
 
 def _spec(attack: str, **params) -> AttackSpec:

@@ -3,8 +3,8 @@ triggers recorded in the spec and reproduced from it (JSON and ONNX metadata).""
 
 from __future__ import annotations
 
-import functools
 import dataclasses
+import functools
 import json
 
 import numpy as np

@@ -323,7 +323,7 @@ def test_refool_resumed_training_keeps_its_selection_instead_of_selecting_again(
         m.setattr(Attack, "train", interrupted)
         with pytest.raises(KeyboardInterrupt):
             first.train(build_model("mnist-cnn", mnist_train.shape, 10), mnist_train, settings)
-    saved = tmp_path / "m.pt.refool-selection.json"
+    saved = tmp_path / "m.pt.refool-selection"
     assert saved.is_file()
 
     def no_second_selection(*args):
@@ -333,9 +333,9 @@ def test_refool_resumed_training_keeps_its_selection_instead_of_selecting_again(
     monkeypatch.setattr(again, "select_reflections", no_second_selection)
     log = again.train(build_model("mnist-cnn", mnist_train.shape, 10), mnist_train, settings)
     assert again.params["reflections"] == first.params["reflections"]
-    assert log["attack_notes"]["refool_selection"]["resumed"] is True and not saved.exists()
-    saved.write_text("{not json")
-    with pytest.raises(DataError, match="cannot resume the refool selection from .*m.pt.refool-selection.json"):
+    assert log["attack_notes"]["refool_selection"]["resumed"] is True
+    saved.write_text("{not a saved state")
+    with pytest.raises(DataError, match="cannot resume the refool-selection stage from .*m.pt.refool-selection:"):
         get_attack(_spec("refool", params=params)).train(build_model("mnist-cnn", mnist_train.shape, 10),
                                                          mnist_train, settings)
 

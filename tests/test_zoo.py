@@ -1,4 +1,4 @@
-"""The zoo: config expansion and its errors, a real (tiny) resumable build, resumable training."""
+"""The zoo: config expansion and its errors, a real (tiny) resumable build."""
 
 from __future__ import annotations
 
@@ -7,16 +7,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
-from backdoor_audit.attacks import train as train_mod
-from backdoor_audit.attacks.train import train_classifier
 from backdoor_audit.cli import main
 from backdoor_audit.data import demo_sample_path
 from backdoor_audit.data.loading import load_images
 from backdoor_audit.errors import SpecError
-from backdoor_audit.models import build_model
 from backdoor_audit.zoo import build_zoo, load_config, read_manifest
 from backdoor_audit.zoo.build import _changed, select, status
 
@@ -176,38 +172,3 @@ def test_cli_zoo_build_status_table_and_errors(tiny_data, tmp_path):
     assert not (tmp_path / "b" / "manifest.jsonl").exists()
     res = runner.invoke(main, ["zoo", "table", "--out", str(tmp_path / "empty")])
     assert res.exit_code == 2
-
-
-def test_training_resumes_from_checkpoint_bit_exactly(tmp_path, monkeypatch):
-    torch.set_num_threads(1)
-    images = load_images(demo_sample_path(), split="train").subset(slice(0, 256))
-
-    def run(ckpt):
-        torch.manual_seed(0)
-        model = build_model("mnist-cnn", images.shape, 10)
-        log = train_classifier(model, images, epochs=3, lr=0.05, seed=3, checkpoint=ckpt)
-        return model, log
-
-    whole, whole_log = run(None)
-    ckpt = tmp_path / "m.pt"
-    save = train_mod._save_checkpoint
-
-    class Killed(Exception):
-        pass
-
-    def save_then_die(path, done, *args):
-        save(path, done, *args)
-        if done == 2:
-            raise Killed
-
-    monkeypatch.setattr(train_mod, "_save_checkpoint", save_then_die)
-    with pytest.raises(Killed):
-        run(ckpt)
-    monkeypatch.setattr(train_mod, "_save_checkpoint", save)
-    resumed, log = run(ckpt)
-    assert log["resumed_at"] == 2 and log["loss"] == whole_log["loss"]
-    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
-        assert torch.equal(a, b)
-    ckpt.write_bytes(b"not a checkpoint")
-    with pytest.raises(Exception, match="cannot resume from checkpoint"):
-        run(ckpt)

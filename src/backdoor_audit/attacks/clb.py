@@ -50,9 +50,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.images import ImageSet
-from ..errors import SpecError
+from ..errors import DataError, SpecError
 from .params import float_param, int_param
 from .registry import Attack, register_attack
+from .resume import aside, stage
 from .train import TrainSettings, train_classifier
 
 PATTERNS = ("checkerboard", "turner")
@@ -176,25 +177,40 @@ class LabelConsistent(Attack):
         return ImageSet(x=x, y=images.y.copy(), classes=images.classes, source=images.source), idx
 
     def train(self, model: nn.Module, clean: ImageSet, settings: TrainSettings) -> dict[str, Any]:
-        """Train a clean surrogate (a copy of ``model``), harden and stamp, then train ``model``."""
+        """Train a clean surrogate (a copy of ``model``), harden and stamp, then train ``model``.
+
+        Surrogate and hardening are a stage of the training's checkpoint (the surrogate's own
+        training keeps a checkpoint beside it): a resumed training reuses the poisoned images."""
         self.check_shape(clean.shape)
+        state, _ = stage(settings.checkpoint, "clb-poison", lambda: self._prepare(model, clean, settings))
+        idx = np.asarray(state["idx"], dtype=np.int64)
+        if not np.array_equal(idx, self.poison_indices(clean.y)) or state["x"].shape != (len(idx), *clean.shape):
+            raise DataError(f"the clb-poison stage of {settings.checkpoint} was made for other training images")
+        x = clean.x.copy()
+        x[idx] = state["x"]
+        poisoned = ImageSet(x=x, y=clean.y.copy(), classes=clean.classes, source=clean.source)
+        log = train_classifier(model, poisoned, **settings.kwargs())
+        log["n_poisoned"] = int(len(idx))
+        log["seconds"] += state["seconds"]
+        if state["surrogate"] is not None:
+            log["attack_notes"] = {"surrogate": state["surrogate"]}
+        return log
+
+    def _prepare(self, model: nn.Module, clean: ImageSet, settings: TrainSettings) -> dict[str, Any]:
+        """The poisoned images (their positions and pixels) and the surrogate's record."""
         start = time.perf_counter()
-        surrogate_log = None
+        surrogate_note = None
         if self.eps > 0:
             epochs = self.surrogate_epochs or max(1, settings.epochs // 2)
             surrogate = copy.deepcopy(model)
-            surrogate_log = train_classifier(surrogate, clean, **settings.kwargs(epochs=epochs, checkpoint=None))
+            surrogate_log = train_classifier(surrogate, clean, **settings.kwargs(
+                epochs=epochs, checkpoint=aside(settings.checkpoint, "surrogate.pt")))
             self._surrogate = surrogate
+            surrogate_note = {"epochs": surrogate_log["epochs"], "train_acc": surrogate_log["train_acc"][-1],
+                              "seconds": round(surrogate_log["seconds"], 1)}
         try:
             poisoned, idx = self.poison(clean)
         finally:
             self._surrogate = None
-        prep_seconds = time.perf_counter() - start
-        log = train_classifier(model, poisoned, **settings.kwargs())
-        log["n_poisoned"] = int(len(idx))
-        log["seconds"] += prep_seconds
-        if surrogate_log is not None:
-            log["attack_notes"] = {"surrogate": {"epochs": surrogate_log["epochs"],
-                                                 "train_acc": surrogate_log["train_acc"][-1],
-                                                 "seconds": round(surrogate_log["seconds"], 1)}}
-        return log
+        return {"idx": idx, "x": poisoned.x[idx], "surrogate": surrogate_note,
+                "seconds": time.perf_counter() - start}

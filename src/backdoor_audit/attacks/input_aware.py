@@ -19,7 +19,11 @@ down/up steps, ~42k weights each) for every dataset (theirs for CIFAR: 32 channe
 the mask pre-training to 500 steps instead of 25 epochs (the mask reaches its ~3% density in
 100-150 steps on MNIST); the authors never zero the generator's gradients (they accumulate),
 here they are zeroed every step; image pairs that happen to be the same image are left out of the
-diversity loss (0/0). ``settings.checkpoint`` is not used (the run is not resumable).
+diversity loss (0/0).
+
+Resumable: with ``settings.checkpoint`` the state of both phases' parts (classifier, generators,
+optimisers, schedules, random generators) is saved after the mask pre-training and after every
+epoch, and a run with the same checkpoint continues from there as if never stopped.
 
 After training the generators' weights (float32, BatchNorm running statistics included) are
 stored in ``params["generator"]`` as a base64 .npz, so ``apply`` rebuilds them from the spec alone.
@@ -27,11 +31,9 @@ stored in ``params["generator"]`` as a base64 .npz, so ``apply`` rebuilds them f
 
 from __future__ import annotations
 
-import base64
-import io
 import math
 import time
-import zipfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,67 +43,13 @@ from torch import nn
 
 from ..data.images import ImageSet
 from ..errors import DataError, SpecError
+from .iab_generator import EPS, TriggerGenerator, pack_generators, threshold, triggered, unpack_generators
 from .params import float_param, int_param
 from .registry import Attack, register_attack
+from .resume import load_checkpoint, save_checkpoint
 from .train import AUGMENTS, SCHEDULES, TrainSettings, _check_label_range, augment_batch, make_scheduler
 
-_EPS = 1e-7
 _CHUNK = 256  # images triggered at once by ``apply``
-
-
-class _Block(nn.Sequential):
-    """3x3 conv, BatchNorm (momentum 0.05 as the authors'), optional ReLU."""
-
-    def __init__(self, c_in: int, c_out: int, relu: bool = True) -> None:
-        layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out, momentum=0.05)]
-        if relu:
-            layers.append(nn.ReLU())
-        super().__init__(*layers)
-
-
-class TriggerGenerator(nn.Module):
-    """The authors' generator: ``depth`` (2 conv blocks + 2x max-pool) steps down, a middle block,
-    ``depth`` (upsample + 2 conv blocks) steps up, then ``tanh / 2 + 0.5``. Upsampling goes back
-    to the exact sizes of the way down, so any image size >= 2**depth works."""
-
-    def __init__(self, in_channels: int, out_channels: int, channels: int = 16, depth: int = 2) -> None:
-        super().__init__()
-        self.down = nn.ModuleList()
-        c_cur, c_next = in_channels, channels
-        for step in range(depth):
-            self.down.append(nn.Sequential(_Block(c_cur, c_next), _Block(c_next, c_next)))
-            c_cur = c_next
-            if step < depth - 1:
-                c_next *= 2
-        self.middle = _Block(c_cur, c_cur)
-        self.up = nn.ModuleList()
-        for step in range(depth):
-            last = step == depth - 1
-            c_out = out_channels if last else c_cur // 2
-            self.up.append(nn.Sequential(_Block(c_cur, c_cur), _Block(c_cur, c_out, relu=not last)))
-            c_cur = c_out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        sizes = []
-        for block in self.down:
-            x = block(x)
-            sizes.append(tuple(x.shape[-2:]))
-            x = F.max_pool2d(x, 2)
-        x = self.middle(x)
-        for block, size in zip(self.up, reversed(sizes)):
-            x = block(F.interpolate(x, size=size, mode="bilinear", align_corners=False))
-        return torch.tanh(x) / (2 + _EPS) + 0.5
-
-
-def _threshold(m: torch.Tensor) -> torch.Tensor:
-    """The authors' soft binarisation of the mask generator's output."""
-    return torch.tanh(m * 20 - 10) / (2 + _EPS) + 0.5
-
-
-def triggered(x: torch.Tensor, source: torch.Tensor, pattern_net: nn.Module, mask_net: nn.Module) -> torch.Tensor:
-    """``x`` carrying the trigger made for ``source`` (pass ``x`` itself for the backdoor)."""
-    mask = _threshold(mask_net(source))
-    return x + (pattern_net(source) - x) * mask
 
 
 @register_attack("input-aware")
@@ -141,7 +89,7 @@ class InputAware(Attack):
                  channels=self.channels, depth=self.depth)
         self._nets: tuple[TriggerGenerator, TriggerGenerator] | None = None
         if p["generator"]:
-            self._nets = self._unpack(p["generator"])
+            self._nets = unpack_generators(p["generator"], self.channels, self.depth)
 
     # ------------------------------------------------------------------ the trigger
 
@@ -220,26 +168,6 @@ class InputAware(Attack):
 
         log: dict[str, Any] = {"loss": [], "train_acc": [], "bd_acc": [], "cross_acc": [],
                                "epochs": settings.epochs, "steps": steps * settings.epochs, "resumed_at": 0}
-        # 1. the mask generator alone
-        opt_m = torch.optim.Adam(mask_net.parameters(), self.lr_g, betas=(0.5, 0.9))
-        milestones = [int(0.4 * self.mask_steps), int(0.8 * self.mask_steps)]
-        sched_m = torch.optim.lr_scheduler.MultiStepLR(opt_m, milestones, 0.1)
-        mask_net.train()
-        mask_share = None
-        for x1, _, _, x2 in batches(self.mask_steps):
-            m1, m2 = _threshold(mask_net(x1)), _threshold(mask_net(x2))
-            loss = self.lambda_norm * F.relu(m1 - self.mask_density).mean() + \
-                self.lambda_div * _diversity(x1, x2, m1, m2)
-            opt_m.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_m.step()
-            sched_m.step()
-            mask_share = float((m1.detach() > 0.5).float().mean())
-        log["mask_share"] = mask_share  # share of masked pixels in the last pre-training batch
-        mask_net.eval()
-        mask_net.requires_grad_(False)
-
-        # 2. classifier and pattern generator together
         opt_c = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
                                 weight_decay=settings.weight_decay)
         sched_c = make_scheduler(opt_c, settings.schedule, settings.lr, steps * settings.epochs)
@@ -248,9 +176,25 @@ class InputAware(Attack):
         # the same milestones): a generator still moving at full rate while the classifier's
         # learning rate has annealed to 0 leaves triggers the classifier never learnt
         sched_g = make_scheduler(opt_g, settings.schedule, self.lr_g, steps * settings.epochs, cycle_momentum=False)
+        # checkpoints: after the mask pre-training (0 epochs done) and after every epoch but the last
+        parts = {"model": model, "opt": opt_c, "sched": sched_c, "pattern": pattern_net, "mask": mask_net,
+                 "opt_g": opt_g, "sched_g": sched_g}
+        first_epoch, seconds_before = 0, 0.0
+        if settings.checkpoint is not None and Path(settings.checkpoint).is_file():
+            first_epoch, seconds_before = load_checkpoint(settings.checkpoint, parts, rng, gen, log)
+            if bar is not None:
+                bar.update(self.mask_steps + first_epoch * steps)
+        else:  # 1. the mask generator alone
+            self._pretrain_mask(mask_net, batches(self.mask_steps), log)
+            if settings.checkpoint is not None:
+                save_checkpoint(settings.checkpoint, 0, time.perf_counter() - start, parts, rng, gen, log)
+        mask_net.eval()
+        mask_net.requires_grad_(False)
+
+        # 2. classifier and pattern generator together
         model.train()
         pattern_net.train()
-        for _ in range(settings.epochs):
+        for epoch in range(first_epoch, settings.epochs):
             sums = np.zeros(7)  # loss, correct, bd correct, n bd, cross correct, n cross, n
             for x1, y1, elig, x2 in batches(steps):
                 loss, counts = self._joint_step(model, pattern_net, mask_net, x1, y1, elig, x2)
@@ -267,14 +211,37 @@ class InputAware(Attack):
             log["train_acc"].append(float(100.0 * sums[1] / sums[6]))
             log["bd_acc"].append(float(100.0 * sums[2] / max(sums[3], 1)))
             log["cross_acc"].append(float(100.0 * sums[4] / max(sums[5], 1)))
+            log["n_poisoned"], log["n_cross"] = int(sums[3]), int(sums[5])
+            if settings.checkpoint is not None and epoch + 1 < settings.epochs:
+                save_checkpoint(settings.checkpoint, epoch + 1, seconds_before + time.perf_counter() - start,
+                                parts, rng, gen, log)
         if bar is not None:
             bar.close()
         model.eval()
         pattern_net.eval()
-        self.params["generator"] = _pack(pattern_net, mask_net)
-        self._nets = self._unpack(self.params["generator"])  # apply uses exactly what the spec stores
-        log.update(seconds=time.perf_counter() - start, device=device, n_poisoned=int(sums[3]), n_cross=int(sums[5]))
+        self.params["generator"] = pack_generators(pattern_net, mask_net)
+        self._nets = unpack_generators(self.params["generator"], self.channels, self.depth)  # apply uses exactly what the spec stores
+        log.update(seconds=seconds_before + time.perf_counter() - start, device=device)
         return log
+
+    def _pretrain_mask(self, mask_net: nn.Module, batches: Any, log: dict[str, Any]) -> None:
+        """Train the mask generator alone on ``batches`` (pairs of augmented batches); logs
+        ``mask_share``, the share of masked pixels in the last batch."""
+        opt_m = torch.optim.Adam(mask_net.parameters(), self.lr_g, betas=(0.5, 0.9))
+        milestones = [int(0.4 * self.mask_steps), int(0.8 * self.mask_steps)]
+        sched_m = torch.optim.lr_scheduler.MultiStepLR(opt_m, milestones, 0.1)
+        mask_net.train()
+        mask_share = None
+        for x1, _, _, x2 in batches:
+            m1, m2 = threshold(mask_net(x1)), threshold(mask_net(x2))
+            loss = self.lambda_norm * F.relu(m1 - self.mask_density).mean() + \
+                self.lambda_div * _diversity(x1, x2, m1, m2)
+            opt_m.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_m.step()
+            sched_m.step()
+            mask_share = float((m1.detach() > 0.5).float().mean())
+        log["mask_share"] = mask_share
 
     def _joint_step(self, model: nn.Module, pattern_net: nn.Module, mask_net: nn.Module, x1: torch.Tensor,
                     y1: torch.Tensor, elig: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
@@ -292,7 +259,7 @@ class InputAware(Attack):
         loss_div = x1.new_zeros(())
         if n_bd + n_cross:
             sources = torch.cat([x1[bd_pos], x2[bd_pos], x2[cross_pos]])
-            patterns, masks = pattern_net(sources), _threshold(mask_net(sources))
+            patterns, masks = pattern_net(sources), threshold(mask_net(sources))
             p_bd, p_other, p_cross = patterns.split([n_bd, n_bd, n_cross])
             m_bd, _, m_cross = masks.split([n_bd, n_bd, n_cross])
             x_bd = x1[bd_pos]
@@ -315,59 +282,16 @@ class InputAware(Attack):
             return (y + 1) % self.spec.num_classes
         return torch.full_like(y, int(self.spec.target))
 
-    # ------------------------------------------------------------------ storage
-
-    def _unpack(self, text: str) -> tuple[TriggerGenerator, TriggerGenerator]:
-        try:
-            arrays = dict(np.load(io.BytesIO(base64.b64decode(text.encode("ascii"), validate=True))))
-        except Exception:  # binascii, zipfile and numpy raise assorted types for damaged text
-            raise SpecError("input-aware generator is not the base64 .npz that training stores") from None
-        nets = []
-        for prefix in ("pattern.", "mask."):
-            state = {k[len(prefix) :]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith(prefix)}
-            first = state.get("down.0.0.0.weight")
-            if first is None or first.ndim != 4:
-                raise SpecError(f"input-aware generator lacks the {prefix.rstrip('.')} network's weights")
-            c = int(first.shape[1])
-            net = TriggerGenerator(c, c if prefix == "pattern." else 1, self.channels, self.depth)
-            try:
-                missing, unexpected = net.load_state_dict(state, strict=False)
-            except RuntimeError:
-                missing, unexpected = ["(shapes)"], []
-            if unexpected or any(not k.endswith("num_batches_tracked") for k in missing):
-                raise SpecError(f"input-aware generator weights do not fit channels={self.channels}, depth={self.depth}")
-            nets.append(net.eval())
-        return nets[0], nets[1]
-
-
-def _pack(pattern_net: nn.Module, mask_net: nn.Module) -> str:
-    """Both generators' float tensors (weights and BN statistics) as float32 in a base64 .npz
-    (no timestamps: the same weights always give the same text)."""
-    arrays = {}
-    for prefix, net in (("pattern.", pattern_net), ("mask.", mask_net)):
-        for k, v in net.state_dict().items():
-            if v.is_floating_point():
-                arrays[prefix + k] = v.detach().cpu().numpy().astype(np.float32)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:  # np.savez_compressed, minus the clock
-        for name, array in arrays.items():
-            member = io.BytesIO()
-            np.lib.format.write_array(member, array, allow_pickle=False)
-            info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            archive.writestr(info, member.getvalue())
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
 
 def _diversity(x1: torch.Tensor, x2: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor) -> torch.Tensor:
     """Mean over pairs of (RMS distance of the images) / (RMS distance of their triggers).
 
     A pair of identical images (both shuffles drew the same one) adds 0; the square root is kept
     off 0 so its gradient stays finite."""
-    d_images = ((x1 - x2) ** 2).mean(dim=(1, 2, 3)).add(_EPS**2).sqrt()
-    d_triggers = ((t1 - t2) ** 2).mean(dim=(1, 2, 3)).add(_EPS**2).sqrt()
+    d_images = ((x1 - x2) ** 2).mean(dim=(1, 2, 3)).add(EPS**2).sqrt()
+    d_triggers = ((t1 - t2) ** 2).mean(dim=(1, 2, 3)).add(EPS**2).sqrt()
     same = (x1 == x2).flatten(1).all(1)
-    return torch.where(same, torch.zeros_like(d_images), d_images / (d_triggers + _EPS)).mean()
+    return torch.where(same, torch.zeros_like(d_images), d_images / (d_triggers + EPS)).mean()
 
 
 def _check_settings(settings: TrainSettings) -> None:

@@ -50,10 +50,8 @@ import base64
 import copy
 import hashlib
 import io
-import json
 import math
 import time
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -61,10 +59,10 @@ import torch
 from torch import nn
 
 from ..data.images import ImageSet
-from ..errors import DataError, SpecError
-from ..export.atomic import atomic_write_bytes
+from ..errors import SpecError
 from .params import float_param, int_param
 from .registry import Attack, register_attack
+from .resume import stage
 from .train import TrainSettings, predict, train_classifier
 
 
@@ -128,14 +126,14 @@ class Refool(Attack):
                 raise SpecError(f"refool {key} must be a string, got {self.params[key]!r}")
         if not isinstance(self.params["reflections"], str):
             raise SpecError("refool reflections must be a base64 string (set by training)")
-        self._decoded: np.ndarray | None = None
+        self._decoded: tuple[str, np.ndarray] | None = None  # (the text it was decoded from, images)
 
     # ------------------------------------------------------------------ reflections
 
     def reflections(self) -> np.ndarray:
         """The stored reflection images, float32 (K, C, H, W) in [0, 1]."""
-        if self._decoded is None:
-            text = self.params["reflections"]
+        text = self.params["reflections"]
+        if self._decoded is None or self._decoded[0] is not text:
             if not text:
                 raise SpecError("refool has no reflection images yet: they are picked when a training set is "
                                 "poisoned (or come from the spec of a trained model)")
@@ -146,8 +144,8 @@ class Refool(Attack):
                 raise SpecError("refool reflections are not a valid base64 .npz with an array 'r'") from None
             if r.dtype != np.uint8 or r.ndim != 4 or len(r) == 0:
                 raise SpecError(f"refool reflections must be uint8 NCHW images, got {r.dtype} {tuple(r.shape)}")
-            self._decoded = r.astype(np.float32) / 255.0
-        return self._decoded
+            self._decoded = (text, r.astype(np.float32) / 255.0)
+        return self._decoded[1]
 
     def pick_reflections(self, images: ImageSet) -> None:
         """Store ``n_reflections`` seeded-random images as the reflections: from ``source`` when set
@@ -174,7 +172,6 @@ class Refool(Attack):
         buf = io.BytesIO()
         np.savez_compressed(buf, r=u8)
         self.params["reflections"] = base64.b64encode(buf.getvalue()).decode("ascii")
-        self._decoded = None
 
     # ------------------------------------------------------------------ adversarial selection
 
@@ -226,36 +223,22 @@ class Refool(Attack):
 
     def train(self, model: nn.Module, clean: ImageSet, settings: TrainSettings) -> dict[str, Any]:
         """Select the reflections adversarially when asked (and none are stored yet), then poison and
-        train as every attack does."""
+        train as every attack does. The selection is a stage of the training's checkpoint: a resumed
+        training poisons with the reflections it started with instead of selecting again."""
         selection = None
         if self.select_rounds and not self.params["reflections"]:
-            selection = self._selection(model, clean, settings)
+            def select() -> dict[str, Any]:
+                return {"selection": self.select_reflections(model, clean, settings),
+                        "reflections": self.params["reflections"]}
+
+            state, resumed = stage(settings.checkpoint, "refool-selection", select)
+            self.params["reflections"] = state["reflections"]
+            selection = {**state["selection"], "resumed": True} if resumed else state["selection"]
         log = super().train(model, clean, settings)
         if selection is not None:
             log["attack_notes"] = {"refool_selection": selection}
             log["seconds"] += selection["seconds"]
-            if settings.checkpoint is not None:
-                _selection_file(settings.checkpoint).unlink(missing_ok=True)
         return log
-
-    def _selection(self, model: nn.Module, clean: ImageSet, settings: TrainSettings) -> dict[str, Any]:
-        """``select_reflections``, kept beside the training checkpoint when there is one: a resumed
-        training then poisons with the reflections it started with instead of selecting again."""
-        path = None if settings.checkpoint is None else _selection_file(settings.checkpoint)
-        if path is not None and path.is_file():
-            try:
-                saved = json.loads(path.read_text())
-                reflections, selection = saved["reflections"], saved["selection"]
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise DataError(f"cannot resume the refool selection from {path}: {exc}") from None
-            self.params["reflections"] = reflections
-            self._decoded = None
-            return {**selection, "resumed": True}
-        selection = self.select_reflections(model, clean, settings)
-        if path is not None:
-            atomic_write_bytes(path, json.dumps({"reflections": self.params["reflections"],
-                                                 "selection": selection}).encode())
-        return selection
 
     def check_shape(self, shape: tuple[int, int, int]) -> None:
         c, h, w = shape
@@ -305,10 +288,6 @@ class Refool(Attack):
         if not self.params["reflections"]:
             self.pick_reflections(images)
         return super().poison(images)
-
-
-def _selection_file(checkpoint: str | Path) -> Path:
-    return Path(f"{checkpoint}.refool-selection.json")
 
 
 def _source_images(path: str, split: str | None, limit: int, shape: tuple[int, ...]) -> np.ndarray:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 import os
 import time
-from pathlib import Path
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,7 @@ from torch import nn
 
 from ..data.images import ImageSet
 from ..errors import DataError, SpecError
+from .resume import load_checkpoint, save_checkpoint
 
 SCHEDULES = ("cosine", "onecycle", "constant")
 AUGMENTS = ("crop-flip",)
@@ -71,7 +72,7 @@ def train_classifier(
     ``checkpoint``: a file where the state after each epoch (model, optimiser, schedule, random
     generators, log) is saved atomically; a later call with the same file and arguments resumes
     after the last finished epoch and gives the same model as an uninterrupted run. The caller
-    deletes it when done.
+    deletes it when done (``resume.discard``).
 
     ``step``: what one batch computes (default :func:`cross_entropy_step`). It gets the model, the
     batch's images (not yet augmented), labels, their indices in ``images`` and the seeded
@@ -103,8 +104,9 @@ def train_classifier(
     step = step or cross_entropy_step
     log: dict[str, Any] = {"loss": [], "train_acc": [], "epochs": epochs, "steps": total_steps, "resumed_at": 0}
     first_epoch, seconds_before = 0, 0.0
+    parts = {"model": model, "opt": opt, "sched": sched}
     if checkpoint is not None and Path(checkpoint).is_file():
-        first_epoch, seconds_before = _load_checkpoint(Path(checkpoint), model, opt, sched, rng, gen, log)
+        first_epoch, seconds_before = load_checkpoint(checkpoint, parts, rng, gen, log)
     start = time.perf_counter()
     bar = None
     if progress:
@@ -136,8 +138,8 @@ def train_classifier(
         for name, total in extra_sums.items():
             log.setdefault(name, []).append(total / len(images))
         if checkpoint is not None and epoch + 1 < epochs:
-            _save_checkpoint(Path(checkpoint), epoch + 1, seconds_before + time.perf_counter() - start,
-                             model, opt, sched, rng, gen, log)
+            save_checkpoint(checkpoint, epoch + 1, seconds_before + time.perf_counter() - start,
+                            parts, rng, gen, log)
     if bar is not None:
         bar.close()
     model.eval()
@@ -157,42 +159,6 @@ def cross_entropy_step(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, idx
     """The default training step: augment, forward, cross-entropy."""
     logits = model(augment(xb))
     return F.cross_entropy(logits, yb), logits, {}
-
-
-def _save_checkpoint(path: Path, epochs_done: int, seconds: float, model: nn.Module, opt: Any, sched: Any,
-                     rng: np.random.Generator, gen: torch.Generator, log: dict[str, Any]) -> None:
-    state = {
-        "epochs_done": epochs_done,
-        "seconds": seconds,
-        "model": model.state_dict(),
-        "opt": opt.state_dict(),
-        "sched": None if sched is None else sched.state_dict(),
-        "numpy_rng": rng.bit_generator.state,
-        "torch_gen": gen.get_state(),
-        "torch_rng": torch.get_rng_state(),
-        "log": {k: v for k, v in log.items() if isinstance(v, list)},
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def _load_checkpoint(path: Path, model: nn.Module, opt: Any, sched: Any, rng: np.random.Generator,
-                     gen: torch.Generator, log: dict[str, Any]) -> tuple[int, float]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-    except Exception as exc:  # torch raises many types for a foreign or damaged file
-        raise DataError(f"cannot resume from checkpoint {path}: {str(exc).splitlines()[0]}") from None
-    if sched is not None and state["sched"] is not None:
-        sched.load_state_dict(state["sched"])
-    rng.bit_generator.state = state["numpy_rng"]
-    gen.set_state(state["torch_gen"])
-    torch.set_rng_state(state["torch_rng"])
-    log.update(state["log"], resumed_at=int(state["epochs_done"]))
-    return int(state["epochs_done"]), float(state["seconds"])
 
 
 def make_scheduler(opt: torch.optim.Optimizer, schedule: str, lr: float, total_steps: int,

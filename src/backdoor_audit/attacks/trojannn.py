@@ -42,9 +42,10 @@ import torch
 from torch import nn
 
 from ..data.images import ImageSet
-from ..errors import SpecError
+from ..errors import DataError, SpecError
 from .params import float_param, int_param
 from .registry import Attack, register_attack
+from .resume import aside, stage
 from .train import TrainSettings, train_classifier
 
 CORNERS = ("bottom-right", "top-left", "top-right", "bottom-left")
@@ -200,24 +201,46 @@ class TrojanNN(Attack):
         return {"neurons": self.params["neuron_idx"], "activation": [round(float(a), 4) for a in reached[0]]}
 
     def train(self, model: nn.Module, clean: ImageSet, settings: TrainSettings) -> dict[str, Any]:
-        """Train clean, pick neurons, optimise the patch, poison, fine-tune; returns the combined log."""
+        """Train clean, pick neurons, optimise the patch, poison, fine-tune; returns the combined log.
+
+        The clean model and its trigger are a stage of the training's checkpoint (the clean
+        training keeps a checkpoint beside it), and the fine-tuning uses the checkpoint itself: an
+        interrupted run resumes in whichever part it stopped."""
         self.check_shape(clean.shape)
-        clean_log = train_classifier(model, clean, **settings.kwargs())
+        state, resumed = stage(settings.checkpoint, "trojan", lambda: self._prepare(model, clean, settings))
+        if resumed:
+            try:
+                model.load_state_dict(state["model"])
+                self._trigger = self._parse_trigger(state["trigger"])
+            except (RuntimeError, SpecError) as exc:
+                raise DataError(f"the trojan stage of {settings.checkpoint} does not fit this model: "
+                                f"{str(exc).splitlines()[0]}") from None
+            self.params.update(trigger=state["trigger"], neuron_idx=state["info"]["neurons"])
+        clean_log = state["clean_log"]
         start = time.perf_counter()
-        idx = self.select_neurons(model, clean.shape)
-        info = self.optimise_trigger(model, clean.shape, idx)
         poisoned, pidx = self.poison(clean)
-        trigger_seconds = time.perf_counter() - start
+        poison_seconds = time.perf_counter() - start
         epochs = self.finetune_epochs or settings.epochs
-        log = train_classifier(model, poisoned, **settings.kwargs(epochs=epochs, checkpoint=None))
+        log = train_classifier(model, poisoned, **settings.kwargs(epochs=epochs))
         log["n_poisoned"] = int(len(pidx))
         log["loss"] = clean_log["loss"] + log["loss"]
         log["train_acc"] = clean_log["train_acc"] + log["train_acc"]
         log["epochs"] = clean_log["epochs"] + epochs
         log["steps"] = clean_log["steps"] + log["steps"]
-        log["seconds"] += clean_log["seconds"] + trigger_seconds
-        log["attack_notes"] = {"trojan": {**info, "finetune_epochs": epochs}}
+        log["seconds"] += clean_log["seconds"] + state["seconds"] + poison_seconds
+        log["attack_notes"] = {"trojan": {**state["info"], "finetune_epochs": epochs}}
         return log
+
+    def _prepare(self, model: nn.Module, clean: ImageSet, settings: TrainSettings) -> dict[str, Any]:
+        """Train ``model`` clean, pick its neurons and fit the trigger; the trained weights, the
+        trigger and their records."""
+        clean_log = train_classifier(model, clean, **settings.kwargs(checkpoint=aside(settings.checkpoint, "clean.pt")))
+        start = time.perf_counter()
+        idx = self.select_neurons(model, clean.shape)
+        info = self.optimise_trigger(model, clean.shape, idx)
+        return {"model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                "trigger": self.params["trigger"], "info": info, "seconds": time.perf_counter() - start,
+                "clean_log": {k: clean_log[k] for k in ("loss", "train_acc", "epochs", "steps", "seconds")}}
 
 
 def last_linear(model: nn.Module) -> nn.Linear:

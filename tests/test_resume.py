@@ -1,0 +1,140 @@
+"""Resumable training: checkpoints and stages, and every attack with its own preparation or its own
+training loop, killed at each of its checkpoints and resumed to the model an uninterrupted run makes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from backdoor_audit.attacks import get_attack, resume
+from backdoor_audit.attacks.train import TrainSettings, train_classifier
+from backdoor_audit.data import demo_sample_path, load_images
+from backdoor_audit.errors import DataError
+from backdoor_audit.models import build_model
+
+from conftest import make_spec
+
+
+class Killed(Exception):
+    """Stands for the process dying right after a checkpoint was written."""
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_images(demo_sample_path(), split="train").subset(slice(0, 256))
+
+
+@pytest.fixture()
+def kill_after(monkeypatch):
+    """``kill_after(name, epochs)``: the next write of checkpoint file ``name`` after ``epochs``
+    epochs raises Killed once the file is on disk."""
+
+    def arm(name: str, epochs: int) -> None:
+        write = resume._write
+
+        def write_then_die(path, state):
+            write(path, state)
+            if path.name == name and state.get("epochs_done") == epochs:
+                monkeypatch.setattr(resume, "_write", write)
+                raise Killed
+
+        monkeypatch.setattr(resume, "_write", write_then_die)
+
+    return arm
+
+
+def test_stage_computes_once_and_a_resumed_run_loads_it(tmp_path):
+    ckpt = tmp_path / "m.pt"
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"n": len(calls), "x": torch.arange(3)}
+
+    assert resume.stage(None, "s", compute)[0]["n"] == 1 and not list(tmp_path.iterdir())  # no checkpoint: no file
+    first, loaded = resume.stage(ckpt, "s", compute)
+    again, reloaded = resume.stage(ckpt, "s", compute)
+    assert (first["n"], loaded, again["n"], reloaded) == (2, False, 2, True) and torch.equal(again["x"], torch.arange(3))
+    assert resume.exists(ckpt) and not ckpt.exists() and resume.peek(ckpt, "s")["n"] == 2
+    assert resume.peek(ckpt, "other") is None
+    (tmp_path / "m.pt.s").write_bytes(b"damaged")
+    assert resume.peek(ckpt, "s") is None
+    with pytest.raises(DataError, match=r"cannot resume the s stage from .*m\.pt\.s: "):
+        resume.stage(ckpt, "s", compute)
+    (tmp_path / "m.pt").write_bytes(b"x")
+    (tmp_path / "m.pt.clean.pt.t").write_bytes(b"x")  # a nested checkpoint's stage
+    (tmp_path / "m.ptx").write_bytes(b"another model's")
+    resume.discard(ckpt)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ptx"] and not resume.exists(ckpt)
+
+
+def test_training_resumes_from_checkpoint_bit_exactly(digits, tmp_path, kill_after):
+    torch.set_num_threads(1)
+
+    def run(ckpt):
+        torch.manual_seed(0)
+        model = build_model("mnist-cnn", digits.shape, 10)
+        log = train_classifier(model, digits, epochs=3, lr=0.05, seed=3, checkpoint=ckpt)
+        return model, log
+
+    whole, whole_log = run(None)
+    ckpt = tmp_path / "m.pt"
+    kill_after("m.pt", 2)
+    with pytest.raises(Killed):
+        run(ckpt)
+    resumed, log = run(ckpt)
+    assert log["resumed_at"] == 2 and log["loss"] == whole_log["loss"]
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(DataError, match="cannot resume from checkpoint"):
+        run(ckpt)
+
+
+# attack, params, the checkpoint file it dies after, epochs done then, the method that prepares
+# (run again on resume only when the death came before the preparation was kept)
+CASES = [
+    ("input-aware", {"mask_steps": 4}, "m.pt", 0, "_pretrain_mask"),
+    ("input-aware", {"mask_steps": 4}, "m.pt", 1, "_pretrain_mask"),
+    ("clb", {"surrogate_epochs": 2, "steps": 2}, "m.pt.surrogate.pt", 1, "_prepare"),
+    ("clb", {"surrogate_epochs": 2, "steps": 2}, "m.pt", 1, "_prepare"),
+    ("trojannn", {"candidates": 4, "trigger_steps": 10}, "m.pt.clean.pt", 1, "_prepare"),
+    ("trojannn", {"candidates": 4, "trigger_steps": 10}, "m.pt", 1, "_prepare"),
+    ("refool", {"n_reflections": 1, "select_rounds": 1, "candidates": 2, "select_width": 2, "select_images": 20,
+                "select_epochs": 1}, "m.pt", 1, "select_reflections"),
+]
+
+
+@pytest.mark.parametrize("name, params, dies_after, epochs_done, prepare", CASES,
+                         ids=[f"{c[0]}-{c[2]}-{c[3]}" for c in CASES])
+def test_an_interrupted_attack_resumes_to_the_model_of_an_uninterrupted_run(
+        digits, tmp_path, kill_after, monkeypatch, name, params, dies_after, epochs_done, prepare):
+    torch.set_num_threads(1)
+    rate = 0.8 if name in ("clb", "refool") else 0.1
+    settings = TrainSettings(epochs=2, batch_size=64, lr=0.05)
+
+    def run(ckpt):
+        attack = get_attack(make_spec(name, target=1, rate=rate, params=params))
+        torch.manual_seed(0)
+        model = build_model("mnist-cnn", digits.shape, 10)
+        log = attack.train(model, digits, settings if ckpt is None else
+                           TrainSettings(**settings.kwargs(checkpoint=str(ckpt))))
+        return attack, model, log
+
+    whole_attack, whole, whole_log = run(None)
+    ckpt = tmp_path / "m.pt"
+    kill_after(dies_after, epochs_done)
+    with pytest.raises(Killed):
+        run(ckpt)
+    cls = type(whole_attack)
+    real, calls = getattr(cls, prepare), []
+    monkeypatch.setattr(cls, prepare, lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    attack, resumed, log = run(ckpt)
+    assert bool(calls) == (dies_after != "m.pt")  # kept preparations are not made again
+    assert attack.params == whole_attack.params  # the same trigger (pattern, generator, reflections)
+    assert log["loss"] == whole_log["loss"] and log["n_poisoned"] == whole_log["n_poisoned"]
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    assert resume.exists(ckpt)  # the caller discards the checkpoint and its stages when the model is kept
+    resume.discard(ckpt)
+    assert not list(tmp_path.iterdir())

@@ -1,4 +1,4 @@
-"""The zoo: config expansion and its errors, a real (tiny) resumable build."""
+"""The zoo: config expansion and its errors, a real (tiny) build, resumed after an interruption."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from backdoor_audit.attacks import resume
 from backdoor_audit.cli import main
 from backdoor_audit.data import demo_sample_path
 from backdoor_audit.data.loading import load_images
@@ -133,7 +134,7 @@ def test_build_trains_measures_and_resumes(tiny_data, tmp_path):
     for r in rows:
         assert (tmp_path / r["file"]).is_file() and 0 <= r["acc"] <= 100 and r["provider"]
         assert r["acc"] == pytest.approx(r["acc_torch"], abs=0.5)  # onnxruntime agrees with torch
-    assert (tmp_path / "tiny" / "clean.npz").is_file() and not list((tmp_path / ".ckpt").rglob("*.pt"))
+    assert (tmp_path / "tiny" / "clean.npz").is_file() and not list((tmp_path / ".ckpt").rglob("*.*"))
     assert [s for _, s in status(entries, tmp_path)] == ["built"] * 3
     events.clear()
     build_zoo(entries, tmp_path, on_event=lambda kind, e, info: events.append(kind))
@@ -172,3 +173,34 @@ def test_cli_zoo_build_status_table_and_errors(tiny_data, tmp_path):
     assert not (tmp_path / "b" / "manifest.jsonl").exists()
     res = runner.invoke(main, ["zoo", "table", "--out", str(tmp_path / "empty")])
     assert res.exit_code == 2
+
+
+def test_an_interrupted_build_resumes_and_a_changed_entry_starts_over(tiny_data, tmp_path, monkeypatch):
+    (entry,) = select(load_config(_write(tiny_data)), ["tiny/clean-s0"])
+    entry = dataclasses.replace(entry, train={**entry.train, "epochs": 2})
+    write = resume._write
+
+    class Killed(Exception):
+        pass
+
+    def write_then_die(path, state):
+        write(path, state)
+        if state.get("epochs_done") == 1:
+            raise Killed
+
+    monkeypatch.setattr(resume, "_write", write_then_die)
+    with pytest.raises(Killed):
+        build_zoo([entry], tmp_path)
+    monkeypatch.setattr(resume, "_write", write)
+    assert [s for _, s in status([entry], tmp_path)] == ["partial"]
+    changed = dataclasses.replace(entry, train={**entry.train, "lr": 0.02})
+    assert [s for _, s in status([changed], tmp_path)] == ["todo"]  # that checkpoint is not its training
+    events = []
+    (row,) = build_zoo([entry], tmp_path, on_event=lambda kind, e, info: events.append((kind, info.get("resume"))))
+    assert events[0] == ("start", True) and row["resumed_at"] == 1 and not list((tmp_path / ".ckpt").rglob("*.*"))
+    monkeypatch.setattr(resume, "_write", write_then_die)
+    with pytest.raises(Killed):  # interrupted again, then built from another version of the entry
+        build_zoo([entry], tmp_path, rebuild=["*"])
+    monkeypatch.setattr(resume, "_write", write)
+    (row,) = build_zoo([changed], tmp_path)
+    assert "resumed_at" not in row and row["train"]["lr"] == 0.02 and not list((tmp_path / ".ckpt").rglob("*.*"))

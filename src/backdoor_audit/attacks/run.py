@@ -107,6 +107,8 @@ def run_attack(
         "final_loss": round(log["loss"][-1], 5),
         "torch": torch.__version__,
     }
+    if log.get("resumed_at"):  # an interrupted training, continued from this epoch's checkpoint
+        training["resumed_at"] = int(log["resumed_at"])
     notes = log.get("attack_notes") or {}  # what an attack did besides training, e.g. Refool's selection
     if notes:
         training["attack_notes"] = notes
@@ -135,6 +137,7 @@ def run_attack(
         "asr": asr,
         "n_test": None if test_set is None else len(test_set),
         "train_seconds": log["seconds"],
+        "resumed_at": int(log.get("resumed_at") or 0),
         "export_seconds": export_seconds,
         "loss": log["loss"],
         "device": log["device"],

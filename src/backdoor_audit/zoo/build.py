@@ -1,6 +1,7 @@
 """Build a zoo: train each entry that is not yet in the manifest, export it, measure it under
 onnxruntime, record its manifest line (one per model). Interrupted builds resume: finished models are skipped and
-the model in training continues from its last finished epoch (a checkpoint under ``.ckpt/``).
+the model in training continues from its last finished epoch (a checkpoint under ``.ckpt/``, with
+its attack's prepared stages beside it, see ``attacks.resume``).
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ import json
 import os
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..attacks import resume
 from ..attacks.registry import file_params
 from ..attacks.run import run_attack
 from ..attacks.spec import AttackSpec
@@ -83,17 +86,24 @@ def status(entries: list[ZooEntry], out_dir: str | os.PathLike) -> list[tuple[Zo
 
     "stale": built, but the config has changed what the model should be (architecture, attack,
     mode, target, rate, params or training settings) since; a build trains it again.
+    "partial": its training was interrupted, for the entry as the config gives it now (a
+    checkpoint left by another version of the entry does not count and is discarded by a build).
     """
     out, rows = Path(out_dir), read_manifest(out_dir)
     result = []
     for e in entries:
         if e.id in rows and (out / rows[e.id]["file"]).is_file():
             result.append((e, "stale" if _changed(e, rows[e.id]) else "built"))
-        elif (out / ".ckpt" / f"{e.id}.pt").is_file():
+        elif resume.peek(_checkpoint(out, e), "entry") == asdict(e):
             result.append((e, "partial"))
         else:
             result.append((e, "todo"))
     return result
+
+
+def _checkpoint(out: Path, entry: ZooEntry) -> Path:
+    """Where the training of ``entry`` keeps its checkpoint (and, beside it, its attack's stages)."""
+    return out / ".ckpt" / f"{entry.id}.pt"
 
 
 def _changed(entry: ZooEntry, row: dict[str, Any]) -> bool:
@@ -138,6 +148,8 @@ def build_zoo(
             emit("skip", entry, {})
             continue
         emit("start", entry, {"resume": state == "partial", "stale": state == "stale"})
+        if state != "partial":
+            resume.discard(_checkpoint(out, entry))
         row = _build_one(entry, out, sets, device, progress)
         record(out, row)
         emit("done", entry, row)
@@ -155,14 +167,15 @@ def _build_one(entry: ZooEntry, out: Path, sets: "_DataCache", device: str | Non
     model_path = out / f"{entry.id}.onnx"
     model_path.parent.mkdir(parents=True, exist_ok=True)
     clean_path = out / entry.set / "clean.npz"
-    ckpt = out / ".ckpt" / f"{entry.id}.pt"
+    ckpt = _checkpoint(out, entry)
+    resume.stage(ckpt, "entry", lambda: asdict(entry))  # what the checkpoint is a training of
     settings = entry.settings(device=device, progress=progress, checkpoint=str(ckpt))
     t0 = time.perf_counter()
     summary = run_attack(entry.arch, train_set, spec, model_path, settings, test_data=test_set,
                          clean_holdout=entry.clean_holdout, clean_out=None if clean_path.is_file() else clean_path,
                          dynamo=entry.dynamo, keep_batchnorm=entry.keep_batchnorm)
     wall = time.perf_counter() - t0
-    ckpt.unlink(missing_ok=True)
+    resume.discard(ckpt)
     spec = summary["spec"]
     acc = asr = None
     provider = None
@@ -196,6 +209,7 @@ def _build_one(entry: ZooEntry, out: Path, sets: "_DataCache", device: str | Non
         "tool": f"backdoor-audit {__version__}",
         "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **({"attack_notes": summary["attack_notes"]} if summary["attack_notes"] else {}),
+        **({"resumed_at": summary["resumed_at"]} if summary["resumed_at"] else {}),
     }
 
 

@@ -3,11 +3,14 @@ training loop, killed at each of its checkpoints and resumed to the model an uni
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
 from backdoor_audit.attacks import get_attack, resume
 from backdoor_audit.attacks.train import TrainSettings, train_classifier
+from backdoor_audit.cli import main
 from backdoor_audit.data import demo_sample_path, load_images
 from backdoor_audit.errors import DataError
 from backdoor_audit.models import build_model
@@ -29,14 +32,14 @@ def kill_after(monkeypatch):
     """``kill_after(name, epochs)``: the next write of checkpoint file ``name`` after ``epochs``
     epochs raises Killed once the file is on disk."""
 
-    def arm(name: str, epochs: int) -> None:
+    def arm(name: str, epochs: int, death: type[BaseException] = Killed) -> None:
         write = resume._write
 
         def write_then_die(path, state):
             write(path, state)
             if path.name == name and state.get("epochs_done") == epochs:
                 monkeypatch.setattr(resume, "_write", write)
-                raise Killed
+                raise death
 
         monkeypatch.setattr(resume, "_write", write_then_die)
 
@@ -138,3 +141,21 @@ def test_an_interrupted_attack_resumes_to_the_model_of_an_uninterrupted_run(
     assert resume.exists(ckpt)  # the caller discards the checkpoint and its stages when the model is kept
     resume.discard(ckpt)
     assert not list(tmp_path.iterdir())
+
+
+def test_audit_attack_resume_continues_the_same_command_and_only_that(digits, tmp_path, kill_after):
+    data, out = tmp_path / "d.npz", tmp_path / "m.onnx"
+    np.savez(data, x=np.rint(digits.x * 255).astype(np.uint8), y=digits.y)
+    args = ["attack", "badnets", "--data", str(data), "--epochs", "2", "--batch-size", "64", "--clean-holdout", "0",
+            "--out", str(out), "--resume"]
+    runner = CliRunner()
+    kill_after("m.onnx.ckpt", 1, KeyboardInterrupt)  # Ctrl-C after the first epoch
+    res = runner.invoke(main, args)
+    assert res.exit_code == 2 and "interrupted" in res.output and not out.exists() and resume.exists(f"{out}.ckpt")
+    res = runner.invoke(main, args)
+    assert res.exit_code == 0 and "(resumed after epoch 1)" in res.output, res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz", "m.onnx"]  # checkpoint and stages gone
+    kill_after("m.onnx.ckpt", 1, KeyboardInterrupt)
+    assert runner.invoke(main, args).exit_code == 2
+    res = runner.invoke(main, [*args, "--lr", "0.02"])  # other arguments: that checkpoint is not theirs
+    assert res.exit_code == 0 and "resumed" not in res.output and not resume.exists(f"{out}.ckpt")

@@ -286,12 +286,14 @@ def _param(text: str):
 @click.option("--exporter", type=click.Choice(["dynamo", "legacy"]), default="dynamo", show_default=True)
 @click.option("--keep-batchnorm", is_flag=True, help="keep BatchNormalization nodes in the export")
 @click.option("--device", default=None)
+@click.option("--resume", is_flag=True,
+              help="keep a checkpoint at OUT.ckpt; the same command after an interruption continues from it")
 @click.option("--list", "list_all", is_flag=True, help="list attacks and architectures")
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def attack(name, data, arch, out, mode, target, rate, patch, size, position, params, epochs, lr, batch_size,
            schedule, augment, seed, attack_seed, clean_holdout, clean_out, exporter, keep_batchnorm, device,
-           list_all, as_json):
+           resume, list_all, as_json):
     """Train a backdoored model with attack NAME and export it to ONNX with its spec in the metadata."""
     from .attacks import list_attacks
     from .models import list_models
@@ -312,13 +314,15 @@ def attack(name, data, arch, out, mode, target, rate, patch, size, position, par
                                batch_size=batch_size, schedule=schedule, augment=augment, seed=seed,
                                clean_holdout=clean_holdout, clean_out=clean_out, dynamo=exporter == "dynamo",
                                keep_batchnorm=keep_batchnorm, device=device,
+                               checkpoint=f"{out}.ckpt" if resume else None,
                                progress=not as_json and sys.stderr.isatty())
     summary.pop("defender_idx", None)
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
         return
+    resumed = f" (resumed after epoch {summary['resumed_at']})" if summary.get("resumed_at") else ""
     click.echo(f"{name} on {arch}: {summary['n_poisoned']} of {summary['n_train']} training images poisoned, "
-               f"trained in {summary['train_seconds']:.0f} s")
+               f"trained in {summary['train_seconds']:.0f} s{resumed}")
     if summary.get("acc") is not None:
         asr = "n/a" if summary.get("asr") is None else f"{summary['asr']:.2f}%"
         click.echo(f"  test ACC {summary['acc']:.2f}%  ASR {asr} (in torch; `audit validate` measures the file)")

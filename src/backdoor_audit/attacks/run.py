@@ -27,6 +27,7 @@ from ..errors import SpecError
 from ..export.atomic import atomic_output
 from ..export.from_torch import export_torch_model
 from ..models import build_model
+from . import resume
 from .registry import Attack, get_attack
 from .spec import ATTACK_SPEC_KEY, AttackSpec
 from .train import TrainSettings, predict, train_classifier
@@ -204,7 +205,9 @@ def run_named_attack(
     """Build the spec from the data's class count and run ``run_attack`` (what `audit attack` does).
 
     ``name`` "clean" trains a model without an attack. ``options`` are ``run_attack``'s keyword
-    options plus the fields of :class:`TrainSettings`.
+    options plus the fields of :class:`TrainSettings`. With ``checkpoint`` (a TrainSettings field)
+    the run keeps its checkpoint there and resumes one left by an interrupted run of the same
+    arguments (one from other arguments is discarded); it is removed once the model is written.
     """
     from ..models import list_models
 
@@ -218,4 +221,15 @@ def run_named_attack(
         spec = AttackSpec(name, mode, None if mode == "all-to-all" else target, train_set.num_classes,
                           dict(params or {}), attack_seed, rate)
         get_attack(spec).check_shape(train_set.shape)
-    return run_attack(arch, train_set, spec, out_path, settings, test_data=test_set, **options)
+    if settings.checkpoint is not None:
+        run = {"arch": arch, "data": os.path.abspath(data), "spec": None if spec is None else spec.to_json(),
+               "train": {k: v for k, v in dataclasses.asdict(settings).items()
+                         if k not in ("device", "progress", "checkpoint")},
+               **{k: v for k, v in options.items() if k != "clean_out"}}
+        if resume.peek(settings.checkpoint, "run") != run:
+            resume.discard(settings.checkpoint)
+            resume.stage(settings.checkpoint, "run", lambda: run)
+    summary = run_attack(arch, train_set, spec, out_path, settings, test_data=test_set, **options)
+    if settings.checkpoint is not None:
+        resume.discard(settings.checkpoint)
+    return summary

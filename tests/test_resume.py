@@ -159,3 +159,16 @@ def test_audit_attack_resume_continues_the_same_command_and_only_that(digits, tm
     assert runner.invoke(main, args).exit_code == 2
     res = runner.invoke(main, [*args, "--lr", "0.02"])  # other arguments: that checkpoint is not theirs
     assert res.exit_code == 0 and "resumed" not in res.output and not resume.exists(f"{out}.ckpt")
+
+
+def test_a_stage_made_for_another_training_is_refused_with_one_line(digits, tmp_path):
+    ckpt = str(tmp_path / "m.pt")
+    resume.stage(ckpt, "clb-poison", lambda: {"idx": np.array([0, 1]), "x": np.zeros((2, 1, 28, 28), np.float32),
+                                              "surrogate": None, "seconds": 0.0})
+    resume.stage(ckpt, "trojan", lambda: {"model": {}, "trigger": [[[0.5] * 3] * 3], "info": {"neurons": [0]},
+                                          "clean_log": {}, "seconds": 0.0})
+    for name, message in (("clb", r"clb-poison stage of .*m\.pt was made for other training images"),
+                          ("trojannn", r"trojan stage of .*m\.pt does not fit this model: ")):
+        with pytest.raises(DataError, match=message):
+            get_attack(make_spec(name, target=1, rate=0.8)).train(build_model("mnist-cnn", digits.shape, 10), digits,
+                                                                   TrainSettings(epochs=1, checkpoint=ckpt))

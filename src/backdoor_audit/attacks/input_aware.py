@@ -220,7 +220,8 @@ class InputAware(Attack):
         model.eval()
         pattern_net.eval()
         self.params["generator"] = pack_generators(pattern_net, mask_net)
-        self._nets = unpack_generators(self.params["generator"], self.channels, self.depth)  # apply uses exactly what the spec stores
+        # apply uses exactly what the spec stores
+        self._nets = unpack_generators(self.params["generator"], self.channels, self.depth)
         log.update(seconds=seconds_before + time.perf_counter() - start, device=device)
         return log
 

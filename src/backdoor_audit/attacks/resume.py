@@ -11,7 +11,7 @@ beside the checkpoint, in ``<checkpoint>.<name>``: a resumed run loads it instea
 again, so it poisons with what the interrupted run computed, and a long preparation is not paid
 twice. A nested training (CLB's surrogate, TrojanNN's clean model) keeps its own checkpoint at
 ``aside(checkpoint, name)``. ``discard`` removes a checkpoint with all its stages once the model
-is built; ``exists`` tells whether any of them is there (a build to resume).
+is built.
 
 Files are written atomically with ``torch.save`` and read back with ``torch.load``: they hold
 tensors, numpy arrays and plain Python values, and they are this tool's own files, never input.
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import glob
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -92,7 +91,7 @@ def stage(checkpoint: str | os.PathLike | None, name: str, compute: Callable[[],
         except Exception as exc:
             raise DataError(f"cannot resume the {name} stage from {path}: {_first_line(exc)}") from None
     value = compute()
-    _write(Path(path), {"value": value, "saved": time.time()})
+    _write(Path(path), {"value": value})
     return value, False
 
 
@@ -105,11 +104,6 @@ def peek(checkpoint: str | os.PathLike, name: str) -> Any:
         return _read(path)["value"]
     except Exception:
         return None
-
-
-def exists(checkpoint: str | os.PathLike) -> bool:
-    """Whether ``checkpoint`` or any of its stages is on disk: a training to resume."""
-    return Path(checkpoint).is_file() or any(_stages(Path(checkpoint)))
 
 
 def discard(checkpoint: str | os.PathLike) -> None:

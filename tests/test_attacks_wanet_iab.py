@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from backdoor_audit.attacks import AttackSpec, get_attack, list_attacks, load_spec
-from backdoor_audit.attacks.input_aware import TriggerGenerator, triggered
+from backdoor_audit.attacks.iab_generator import TriggerGenerator, pack_generators, triggered
 from backdoor_audit.attacks.run import run_attack
 from backdoor_audit.attacks.train import TrainSettings
 from backdoor_audit.data import ImageSet, demo_sample_path, load_images
@@ -240,9 +240,7 @@ def test_iab_rgb_all_to_all_run_is_seeded_and_round_trips_through_onnx(tmp_path)
 
 
 def _packed(c: int = 1, channels: int = 16, depth: int = 2) -> str:
-    from backdoor_audit.attacks.input_aware import _pack
-
-    return _pack(TriggerGenerator(c, c, channels, depth), TriggerGenerator(c, 1, channels, depth))
+    return pack_generators(TriggerGenerator(c, c, channels, depth), TriggerGenerator(c, 1, channels, depth))
 
 
 @pytest.mark.parametrize(

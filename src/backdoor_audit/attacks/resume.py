@@ -10,8 +10,9 @@ surrogate and hardened images, TrojanNN's clean model and trigger) keep the resu
 beside the checkpoint, in ``<checkpoint>.<name>``: a resumed run loads it instead of computing it
 again, so it poisons with what the interrupted run computed, and a long preparation is not paid
 twice. A nested training (CLB's surrogate, TrojanNN's clean model) keeps its own checkpoint at
-``aside(checkpoint, name)``. ``discard`` removes a checkpoint with all its stages once the model
-is built.
+``aside(checkpoint, name)``. ``claim`` ties a checkpoint to the training it is for (one left by
+another is discarded), and ``discard`` removes a checkpoint with all its stages once the model is
+built.
 
 Files are written atomically with ``torch.save`` and read back with ``torch.load``: they hold
 tensors, numpy arrays and plain Python values, and they are this tool's own files, never input.
@@ -33,6 +34,8 @@ from ..export.atomic import atomic_output
 
 T = TypeVar("T")
 
+#: the stage that records whose training a checkpoint is (see ``claim``)
+OWNER = "owner"
 #: log keys that the training call sets itself: not restored from a checkpoint
 _CALL_KEYS = ("epochs", "steps", "resumed_at")
 
@@ -104,6 +107,17 @@ def peek(checkpoint: str | os.PathLike, name: str) -> Any:
         return _read(path)["value"]
     except Exception:
         return None
+
+
+def claim(checkpoint: str | os.PathLike, owner: Any) -> bool:
+    """Make ``checkpoint`` the training of ``owner`` (a value equal for the same training: a zoo
+    entry, a command's arguments). A checkpoint left by another owner is discarded with its stages;
+    one of ``owner``'s own is kept. Returns whether it was kept (a training to resume)."""
+    if peek(checkpoint, OWNER) == owner:
+        return True
+    discard(checkpoint)
+    stage(checkpoint, OWNER, lambda: owner)
+    return False
 
 
 def discard(checkpoint: str | os.PathLike) -> None:

@@ -226,9 +226,7 @@ def run_named_attack(
                "train": {k: v for k, v in dataclasses.asdict(settings).items()
                          if k not in ("device", "progress", "checkpoint")},
                **{k: v for k, v in options.items() if k != "clean_out"}}
-        if resume.peek(settings.checkpoint, "run") != run:
-            resume.discard(settings.checkpoint)
-            resume.stage(settings.checkpoint, "run", lambda: run)
+        resume.claim(settings.checkpoint, run)
     summary = run_attack(arch, train_set, spec, out_path, settings, test_data=test_set, **options)
     if settings.checkpoint is not None:
         resume.discard(settings.checkpoint)

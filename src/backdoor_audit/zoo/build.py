@@ -94,7 +94,7 @@ def status(entries: list[ZooEntry], out_dir: str | os.PathLike) -> list[tuple[Zo
     for e in entries:
         if e.id in rows and (out / rows[e.id]["file"]).is_file():
             result.append((e, "stale" if _changed(e, rows[e.id]) else "built"))
-        elif resume.peek(_checkpoint(out, e), "entry") == asdict(e):
+        elif resume.peek(_checkpoint(out, e), resume.OWNER) == asdict(e):
             result.append((e, "partial"))
         else:
             result.append((e, "todo"))
@@ -148,7 +148,7 @@ def build_zoo(
             emit("skip", entry, {})
             continue
         emit("start", entry, {"resume": state == "partial", "stale": state == "stale"})
-        if state != "partial":
+        if state != "partial":  # stale or rebuilt: start over even from a checkpoint of this entry
             resume.discard(_checkpoint(out, entry))
         row = _build_one(entry, out, sets, device, progress)
         record(out, row)
@@ -168,7 +168,7 @@ def _build_one(entry: ZooEntry, out: Path, sets: "_DataCache", device: str | Non
     model_path.parent.mkdir(parents=True, exist_ok=True)
     clean_path = out / entry.set / "clean.npz"
     ckpt = _checkpoint(out, entry)
-    resume.stage(ckpt, "entry", lambda: asdict(entry))  # what the checkpoint is a training of
+    resume.claim(ckpt, asdict(entry))
     settings = entry.settings(device=device, progress=progress, checkpoint=str(ckpt))
     t0 = time.perf_counter()
     summary = run_attack(entry.arch, train_set, spec, model_path, settings, test_data=test_set,

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -179,15 +178,14 @@ class InputAware(Attack):
         # checkpoints: after the mask pre-training (0 epochs done) and after every epoch but the last
         parts = {"model": model, "opt": opt_c, "sched": sched_c, "pattern": pattern_net, "mask": mask_net,
                  "opt_g": opt_g, "sched_g": sched_g}
-        first_epoch, seconds_before = 0, 0.0
-        if settings.checkpoint is not None and Path(settings.checkpoint).is_file():
-            first_epoch, seconds_before = load_checkpoint(settings.checkpoint, parts, rng, gen, log)
-            if bar is not None:
-                bar.update(self.mask_steps + first_epoch * steps)
-        else:  # 1. the mask generator alone
+        resumed = load_checkpoint(settings.checkpoint, parts, rng, gen, log)
+        first_epoch, seconds_before = resumed or (0, 0.0)
+        if resumed is None:  # 1. the mask generator alone
             self._pretrain_mask(mask_net, batches(self.mask_steps), log)
             if settings.checkpoint is not None:
                 save_checkpoint(settings.checkpoint, 0, time.perf_counter() - start, parts, rng, gen, log)
+        elif bar is not None:
+            bar.update(self.mask_steps + first_epoch * steps)
         mask_net.eval()
         mask_net.requires_grad_(False)
 

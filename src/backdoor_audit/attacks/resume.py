@@ -56,10 +56,13 @@ def save_checkpoint(path: str | os.PathLike, epochs_done: int, seconds: float, p
     _write(Path(path), state)
 
 
-def load_checkpoint(path: str | os.PathLike, parts: dict[str, Any], rng: np.random.Generator,
-                    gen: torch.Generator, log: dict[str, Any]) -> tuple[int, float]:
+def load_checkpoint(path: str | os.PathLike | None, parts: dict[str, Any], rng: np.random.Generator,
+                    gen: torch.Generator, log: dict[str, Any]) -> tuple[int, float] | None:
     """Restore what ``save_checkpoint`` saved into ``parts``, the generators and ``log`` (which gets
-    ``resumed_at``); return (epochs done, seconds spent). DataError for a damaged or foreign file."""
+    ``resumed_at``); return (epochs done, seconds spent), or None when there is no checkpoint
+    (``path`` None or no file yet). DataError for a damaged or foreign file."""
+    if path is None or not Path(path).is_file():
+        return None
     path = Path(path)
     try:
         state = _read(path)

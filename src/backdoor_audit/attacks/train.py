@@ -7,7 +7,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -103,10 +102,8 @@ def train_classifier(
 
     step = step or cross_entropy_step
     log: dict[str, Any] = {"loss": [], "train_acc": [], "epochs": epochs, "steps": total_steps, "resumed_at": 0}
-    first_epoch, seconds_before = 0, 0.0
     parts = {"model": model, "opt": opt, "sched": sched}
-    if checkpoint is not None and Path(checkpoint).is_file():
-        first_epoch, seconds_before = load_checkpoint(checkpoint, parts, rng, gen, log)
+    first_epoch, seconds_before = load_checkpoint(checkpoint, parts, rng, gen, log) or (0, 0.0)
     start = time.perf_counter()
     bar = None
     if progress:

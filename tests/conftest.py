@@ -98,6 +98,30 @@ def export(model: nn.Module, shape, path: Path, exporter: str, dynamic: bool = T
     return path
 
 
+class Killed(Exception):
+    """Stands for the process dying right after a checkpoint was written."""
+
+
+@pytest.fixture()
+def kill_after(monkeypatch):
+    """``kill_after(name, epochs)``: the next write of checkpoint file ``name`` after ``epochs``
+    epochs raises Killed (or ``death``) once the file is on disk."""
+    from backdoor_audit.attacks import resume
+
+    def arm(name: str, epochs: int, death: type[BaseException] = Killed) -> None:
+        write = resume._write
+
+        def write_then_die(path, state):
+            write(path, state)
+            if path.name == name and state.get("epochs_done") == epochs:
+                monkeypatch.setattr(resume, "_write", write)
+                raise death
+
+        monkeypatch.setattr(resume, "_write", write_then_die)
+
+    return arm
+
+
 @pytest.fixture(scope="session")
 def mnist_images():
     """Real MNIST digits from the sample the package ships."""

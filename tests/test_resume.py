@@ -15,35 +15,12 @@ from backdoor_audit.data import demo_sample_path, load_images
 from backdoor_audit.errors import DataError
 from backdoor_audit.models import build_model
 
-from conftest import make_spec
-
-
-class Killed(Exception):
-    """Stands for the process dying right after a checkpoint was written."""
+from conftest import Killed, make_spec
 
 
 @pytest.fixture(scope="module")
 def digits():
     return load_images(demo_sample_path(), split="train").subset(slice(0, 256))
-
-
-@pytest.fixture()
-def kill_after(monkeypatch):
-    """``kill_after(name, epochs)``: the next write of checkpoint file ``name`` after ``epochs``
-    epochs raises Killed once the file is on disk."""
-
-    def arm(name: str, epochs: int, death: type[BaseException] = Killed) -> None:
-        write = resume._write
-
-        def write_then_die(path, state):
-            write(path, state)
-            if path.name == name and state.get("epochs_done") == epochs:
-                monkeypatch.setattr(resume, "_write", write)
-                raise death
-
-        monkeypatch.setattr(resume, "_write", write_then_die)
-
-    return arm
 
 
 def test_stage_computes_once_and_a_resumed_run_loads_it(tmp_path):

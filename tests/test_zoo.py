@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from backdoor_audit.attacks import resume
 from backdoor_audit.cli import main
 from backdoor_audit.data import demo_sample_path
 from backdoor_audit.data.loading import load_images
 from backdoor_audit.errors import SpecError
 from backdoor_audit.zoo import build_zoo, load_config, read_manifest
 from backdoor_audit.zoo.build import _changed, select, status
+
+from conftest import Killed
+
 
 CONFIG = """
 [[set]]
@@ -175,32 +177,20 @@ def test_cli_zoo_build_status_table_and_errors(tiny_data, tmp_path):
     assert res.exit_code == 2
 
 
-def test_an_interrupted_build_resumes_and_a_changed_entry_starts_over(tiny_data, tmp_path, monkeypatch):
+def test_an_interrupted_build_resumes_and_a_changed_entry_starts_over(tiny_data, tmp_path, kill_after):
     (entry,) = select(load_config(_write(tiny_data)), ["tiny/clean-s0"])
     entry = dataclasses.replace(entry, train={**entry.train, "epochs": 2})
-    write = resume._write
-
-    class Killed(Exception):
-        pass
-
-    def write_then_die(path, state):
-        write(path, state)
-        if state.get("epochs_done") == 1:
-            raise Killed
-
-    monkeypatch.setattr(resume, "_write", write_then_die)
+    kill_after("clean-s0.pt", 1)
     with pytest.raises(Killed):
         build_zoo([entry], tmp_path)
-    monkeypatch.setattr(resume, "_write", write)
     assert [s for _, s in status([entry], tmp_path)] == ["partial"]
     changed = dataclasses.replace(entry, train={**entry.train, "lr": 0.02})
     assert [s for _, s in status([changed], tmp_path)] == ["todo"]  # that checkpoint is not its training
     events = []
     (row,) = build_zoo([entry], tmp_path, on_event=lambda kind, e, info: events.append((kind, info.get("resume"))))
     assert events[0] == ("start", True) and row["resumed_at"] == 1 and not list((tmp_path / ".ckpt").rglob("*.*"))
-    monkeypatch.setattr(resume, "_write", write_then_die)
+    kill_after("clean-s0.pt", 1)
     with pytest.raises(Killed):  # interrupted again, then built from another version of the entry
         build_zoo([entry], tmp_path, rebuild=["*"])
-    monkeypatch.setattr(resume, "_write", write)
     (row,) = build_zoo([changed], tmp_path)
     assert "resumed_at" not in row and row["train"]["lr"] == 0.02 and not list((tmp_path / ".ckpt").rglob("*.*"))

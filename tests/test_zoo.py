@@ -168,6 +168,13 @@ def test_cli_zoo_build_status_table_and_errors(tiny_data, tmp_path):
     assert "built    tiny/clean-s1" in res.output and "todo     tiny/clean-s0" in res.output
     res = runner.invoke(main, ["zoo", "table", "--out", str(tmp_path)])
     assert res.exit_code == 0 and "| tiny/clean-s1 | tiny.npz | mnist-cnn | clean | - |" in res.output
+    fewer = tiny_data / "fewer.toml"  # the built model's entry taken out of the config: named, not deleted
+    fewer.write_text(CONFIG.format(extra="").replace("clean_models = 2", "clean_models = 1"))
+    res = runner.invoke(main, ["zoo", "status", str(fewer), "--out", str(tmp_path)])
+    assert res.exit_code == 0 and "unlisted tiny/clean-s1" in res.output and "0 of 5 built; 1 unlisted" in res.output
+    assert (tmp_path / "tiny" / "clean-s1.onnx").is_file()
+    res = runner.invoke(main, ["zoo", "status", str(fewer), "--out", str(tmp_path), "--only", "tiny/clean-*"])
+    assert "unlisted" not in res.output
     bad = tiny_data / "bad.toml"
     bad.write_text(CONFIG.format(extra="").replace('attack = "sig"', 'attack = "nope"'))
     res = runner.invoke(main, ["zoo", "build", str(bad), "--out", str(tmp_path / "b")])

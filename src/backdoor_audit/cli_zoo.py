@@ -60,16 +60,21 @@ def build(config, out, only, device, progress, rebuild):
 @_ONLY
 @handle_errors
 def status(config, out, only):
-    """List CONFIG's models: built, stale (config changed since), partly trained or still to do."""
+    """List CONFIG's models: built, stale (config changed since), partly trained or still to do; and
+    models OUT still holds that CONFIG no longer lists."""
     from .zoo import load_config
-    from .zoo.build import select, status as zoo_status
+    from .zoo.build import select, status as zoo_status, unlisted
 
-    states = zoo_status(select(load_config(config), list(only)), out)
+    entries = load_config(config)
+    states = zoo_status(select(entries, list(only)), out)
     for entry, state in states:
         what = entry.attack or "clean"
         click.echo(f"{state:8s} {entry.id}  ({entry.arch}, {what}, epochs {entry.train.get('epochs')})")
+    extra = [] if only else unlisted(entries, out)
+    for model_id in extra:
+        click.echo(f"unlisted {model_id}  (in {out}'s manifest, no longer in {config})")
     done = sum(s == "built" for _, s in states)
-    click.echo(f"{done} of {len(states)} built")
+    click.echo(f"{done} of {len(states)} built" + (f"; {len(extra)} unlisted" if extra else ""))
 
 
 @zoo.command()

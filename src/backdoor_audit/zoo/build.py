@@ -101,6 +101,13 @@ def status(entries: list[ZooEntry], out_dir: str | os.PathLike) -> list[tuple[Zo
     return result
 
 
+def unlisted(entries: list[ZooEntry], out_dir: str | os.PathLike) -> list[str]:
+    """Ids of the models in the manifest that ``entries`` no longer describe (an entry taken out of
+    the config): left in place, never deleted by a build, so that status can name them."""
+    listed = {e.id for e in entries}
+    return [i for i in read_manifest(out_dir) if i not in listed]
+
+
 def _checkpoint(out: Path, entry: ZooEntry) -> Path:
     """Where the training of ``entry`` keeps its checkpoint (and, beside it, its attack's stages)."""
     return out / ".ckpt" / f"{entry.id}.pt"

@@ -139,6 +139,13 @@ def test_audit_attack_resume_continues_the_same_command_and_only_that(digits, tm
     res = runner.invoke(main, [*args, "--lr", "0.02"])  # other arguments: that checkpoint is not theirs
     assert res.exit_code == 0 and "resumed" not in res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz", "m.onnx"]
+    kill_after("m.onnx.ckpt", 1, KeyboardInterrupt)
+    assert runner.invoke(main, args).exit_code == 2
+    y = digits.y.copy()
+    y[:10] = (y[:10] + 1) % 10  # the same command on other data under the same name: not its training
+    np.savez(data, x=np.rint(digits.x * 255).astype(np.uint8), y=y)
+    res = runner.invoke(main, args)
+    assert res.exit_code == 0 and "resumed" not in res.output
 
 
 def test_a_stage_made_for_another_training_is_refused_with_one_line(digits, tmp_path):

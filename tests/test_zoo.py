@@ -201,3 +201,21 @@ def test_an_interrupted_build_resumes_and_a_changed_entry_starts_over(tiny_data,
         build_zoo([entry], tmp_path, rebuild=["*"])
     (row,) = build_zoo([changed], tmp_path)
     assert "resumed_at" not in row and row["train"]["lr"] == 0.02 and not list((tmp_path / ".ckpt").rglob("*.*"))
+
+
+def test_a_checkpoint_made_on_other_data_under_the_same_path_is_not_resumed(tiny_data, tmp_path, kill_after):
+    data = tmp_path / "d.npz"
+    data.write_bytes((tiny_data / "tiny.npz").read_bytes())
+    (entry,) = select(load_config(_write(tiny_data)), ["tiny/clean-s0"])
+    entry = dataclasses.replace(entry, data=str(data), train={**entry.train, "epochs": 2})
+    kill_after("clean-s0.pt", 1)
+    with pytest.raises(Killed):
+        build_zoo([entry], tmp_path / "z")
+    assert [s for _, s in status([entry], tmp_path / "z")] == ["partial"]
+    with np.load(data) as d:
+        arrays = dict(d)
+    arrays["y_train"][:10] = (arrays["y_train"][:10] + 1) % 10
+    np.savez(data, **arrays)
+    assert [s for _, s in status([entry], tmp_path / "z")] == ["todo"]
+    (row,) = build_zoo([entry], tmp_path / "z")
+    assert "resumed_at" not in row

@@ -20,7 +20,7 @@ import torch
 
 from .. import __version__
 from ..data.images import ImageSet
-from ..data.loading import list_splits, load_images
+from ..data.loading import data_digest, list_splits, load_images
 from ..data.preprocess import PREPROCESS_KEY, Preprocess
 from ..data.splits import defender_split
 from ..errors import SpecError
@@ -207,7 +207,8 @@ def run_named_attack(
     ``name`` "clean" trains a model without an attack. ``options`` are ``run_attack``'s keyword
     options plus the fields of :class:`TrainSettings`. With ``checkpoint`` (a TrainSettings field)
     the run keeps its checkpoint there and resumes one left by an interrupted run of the same
-    arguments (one from other arguments is discarded); it is removed once the model is written.
+    arguments on the same data (by content; one from other arguments or data is discarded); it is
+    removed once the model is written.
     """
     from ..models import list_models
 
@@ -222,7 +223,7 @@ def run_named_attack(
                           dict(params or {}), attack_seed, rate)
         get_attack(spec).check_shape(train_set.shape)
     if settings.checkpoint is not None:
-        run = {"arch": arch, "data": os.path.abspath(data), "spec": None if spec is None else spec.to_json(),
+        run = {"arch": arch, "data": data_digest(data), "spec": None if spec is None else spec.to_json(),
                "train": {k: v for k, v in dataclasses.asdict(settings).items()
                          if k not in ("device", "progress", "checkpoint")},
                **{k: v for k, v in options.items() if k != "clean_out"}}

@@ -301,6 +301,21 @@ def _decode_images(entries: list[_Entry], source: str) -> np.ndarray:
     return np.ascontiguousarray(np.stack(rgb).transpose(0, 3, 1, 2))
 
 
+def data_digest(path: str | os.PathLike) -> str:
+    """sha256 of a data file's bytes, or of a folder's every file (relative path and bytes): the
+    same for the same data wherever it lies or however often it was copied, unlike the cache key."""
+    p = Path(path)
+    h = hashlib.sha256()
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    for f in files:
+        if p.is_dir():
+            h.update(f"\0{f.relative_to(p).as_posix()}\0".encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
 # --------------------------------------------------------------------------- cache
 
 

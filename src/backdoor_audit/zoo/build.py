@@ -22,7 +22,7 @@ from ..attacks.run import run_attack
 from ..attacks.spec import AttackSpec
 from ..audit.evaluate import evaluate
 from ..data.images import ImageSet
-from ..data.loading import list_splits, load_images
+from ..data.loading import data_digest, list_splits, load_images
 from ..errors import DataError, SpecError
 from ..export.atomic import atomic_write_bytes
 from ..graph.load import load_model, sha256_file
@@ -86,15 +86,17 @@ def status(entries: list[ZooEntry], out_dir: str | os.PathLike) -> list[tuple[Zo
 
     "stale": built, but the config has changed what the model should be (architecture, attack,
     mode, target, rate, params or training settings) since; a build trains it again.
-    "partial": its training was interrupted, for the entry as the config gives it now (a
-    checkpoint left by another version of the entry does not count and is discarded by a build).
+    "partial": its training was interrupted, for the entry as the config gives it now and on the
+    same data (by content; a checkpoint left by another version of the entry, or made on other
+    data, does not count and is discarded by a build).
     """
     out, rows = Path(out_dir), read_manifest(out_dir)
+    digests: dict[str, str] = {}
     result = []
     for e in entries:
         if e.id in rows and (out / rows[e.id]["file"]).is_file():
             result.append((e, "stale" if _changed(e, rows[e.id]) else "built"))
-        elif resume.peek(_checkpoint(out, e), resume.OWNER) == asdict(e):
+        elif (owner := resume.peek(_checkpoint(out, e), resume.OWNER)) is not None and owner == _owner(e, digests):
             result.append((e, "partial"))
         else:
             result.append((e, "todo"))
@@ -106,6 +108,14 @@ def unlisted(entries: list[ZooEntry], out_dir: str | os.PathLike) -> list[str]:
     the config): left in place, never deleted by a build, so that status can name them."""
     listed = {e.id for e in entries}
     return [i for i in read_manifest(out_dir) if i not in listed]
+
+
+def _owner(entry: ZooEntry, digests: dict[str, str]) -> dict[str, Any]:
+    """Whose training a checkpoint is: the entry as the config gives it, on its data by content
+    (a dataset replaced under the same path does not resume; ``digests`` caches one per path)."""
+    if entry.data not in digests:
+        digests[entry.data] = data_digest(entry.data) if Path(entry.data).exists() else ""
+    return {**asdict(entry), "data_sha256": digests[entry.data]}
 
 
 def _checkpoint(out: Path, entry: ZooEntry) -> Path:
@@ -175,7 +185,7 @@ def _build_one(entry: ZooEntry, out: Path, sets: "_DataCache", device: str | Non
     model_path.parent.mkdir(parents=True, exist_ok=True)
     clean_path = out / entry.set / "clean.npz"
     ckpt = _checkpoint(out, entry)
-    resume.claim(ckpt, asdict(entry))
+    resume.claim(ckpt, _owner(entry, sets.digests))
     settings = entry.settings(device=device, progress=progress, checkpoint=str(ckpt))
     t0 = time.perf_counter()
     summary = run_attack(entry.arch, train_set, spec, model_path, settings, test_data=test_set,
@@ -226,6 +236,7 @@ class _DataCache:
     def __init__(self, cache_dir: str | os.PathLike | None) -> None:
         self.cache_dir = cache_dir
         self.sets: dict[str, tuple[ImageSet, ImageSet | None]] = {}
+        self.digests: dict[str, str] = {}  # data_digest by path, for the checkpoints' owners
 
     def get(self, data: str) -> tuple[ImageSet, ImageSet | None]:
         if data not in self.sets:

@@ -73,23 +73,24 @@ def test_training_resumes_from_checkpoint_bit_exactly(digits, tmp_path, kill_aft
 
 
 # attack, params, the checkpoint file it dies after, epochs done then, the method that prepares
-# (run again on resume only when the death came before the preparation was kept)
+# (run again on resume only when the death came before the preparation was kept), and the epoch the
+# log says it resumed at, counted over every epoch the log reports (TrojanNN's: clean, then fine-tune)
 CASES = [
-    ("input-aware", {"mask_steps": 4}, "m.pt", 0, "_pretrain_mask"),
-    ("input-aware", {"mask_steps": 4}, "m.pt", 1, "_pretrain_mask"),
-    ("clb", {"surrogate_epochs": 2, "steps": 2}, "m.pt.surrogate.pt", 1, "_prepare"),
-    ("clb", {"surrogate_epochs": 2, "steps": 2}, "m.pt", 1, "_prepare"),
-    ("trojannn", {"candidates": 4, "trigger_steps": 10}, "m.pt.clean.pt", 1, "_prepare"),
-    ("trojannn", {"candidates": 4, "trigger_steps": 10}, "m.pt", 1, "_prepare"),
+    ("input-aware", {"mask_steps": 4}, "m.pt", 0, "_pretrain_mask", 0),
+    ("input-aware", {"mask_steps": 4}, "m.pt", 1, "_pretrain_mask", 1),
+    ("clb", {"surrogate_epochs": 2, "steps": 2}, "m.pt.surrogate.pt", 1, "_prepare", 0),
+    ("clb", {"surrogate_epochs": 2, "steps": 2}, "m.pt", 1, "_prepare", 1),
+    ("trojannn", {"candidates": 4, "trigger_steps": 10}, "m.pt.clean.pt", 1, "_prepare", 1),
+    ("trojannn", {"candidates": 4, "trigger_steps": 10}, "m.pt", 1, "_prepare", 3),
     ("refool", {"n_reflections": 1, "select_rounds": 1, "candidates": 2, "select_width": 2, "select_images": 20,
-                "select_epochs": 1}, "m.pt", 1, "select_reflections"),
+                "select_epochs": 1}, "m.pt", 1, "select_reflections", 1),
 ]
 
 
-@pytest.mark.parametrize("name, params, dies_after, epochs_done, prepare", CASES,
+@pytest.mark.parametrize("name, params, dies_after, epochs_done, prepare, resumed_at", CASES,
                          ids=[f"{c[0]}-{c[2]}-{c[3]}" for c in CASES])
 def test_an_interrupted_attack_resumes_to_the_model_of_an_uninterrupted_run(
-        digits, tmp_path, kill_after, monkeypatch, name, params, dies_after, epochs_done, prepare):
+        digits, tmp_path, kill_after, monkeypatch, name, params, dies_after, epochs_done, prepare, resumed_at):
     torch.set_num_threads(1)
     rate = 0.8 if name in ("clb", "refool") else 0.1
     settings = TrainSettings(epochs=2, batch_size=64, lr=0.05)
@@ -114,6 +115,7 @@ def test_an_interrupted_attack_resumes_to_the_model_of_an_uninterrupted_run(
     assert bool(calls) == (dies_after != "m.pt")  # kept preparations are not made again
     assert attack.params == whole_attack.params  # the same trigger (pattern, generator, reflections)
     assert log["loss"] == whole_log["loss"] and log["n_poisoned"] == whole_log["n_poisoned"]
+    assert log["resumed_at"] == resumed_at and whole_log["resumed_at"] == 0
     for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
     assert list(tmp_path.iterdir())  # the caller discards the checkpoint and its stages when the model is kept

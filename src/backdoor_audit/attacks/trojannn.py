@@ -228,6 +228,12 @@ class TrojanNN(Attack):
         log["epochs"] = clean_log["epochs"] + epochs
         log["steps"] = clean_log["steps"] + log["steps"]
         log["seconds"] += clean_log["seconds"] + state["seconds"] + poison_seconds
+        # where the run was resumed, counted over the combined epochs: in the clean training, or at
+        # or after the start of the fine-tuning when the clean model was kept
+        if log["resumed_at"] or resumed:
+            log["resumed_at"] += clean_log["epochs"]
+        else:
+            log["resumed_at"] = clean_log.get("resumed_at", 0)
         log["attack_notes"] = {"trojan": {**state["info"], "finetune_epochs": epochs}}
         return log
 
@@ -240,7 +246,7 @@ class TrojanNN(Attack):
         info = self.optimise_trigger(model, clean.shape, idx)
         return {"model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
                 "trigger": self.params["trigger"], "info": info, "seconds": time.perf_counter() - start,
-                "clean_log": {k: clean_log[k] for k in ("loss", "train_acc", "epochs", "steps", "seconds")}}
+                "clean_log": {k: clean_log[k] for k in ("loss", "train_acc", "epochs", "steps", "seconds", "resumed_at")}}
 
 
 def last_linear(model: nn.Module) -> nn.Linear:

@@ -39,8 +39,9 @@ def main() -> None:
     print("|---|---|---|")
     print(f"| Neurons pruned | 0 / 0 | {len(rep['pruned'])} / {PAPER['anp']['neurons']} |")
     print(f"| Total | {rep['units']} / 2000 | {rep['units']} / 2000 |")
-    print(f"| ASR (%) | {before['asr']:.2f} / {PAPER['before']['asr']:.2f} | {after['asr']:.2f} / {PAPER['anp']['asr']:.2f} |")
-    print(f"| ACC (%) | {before['acc']:.2f} / {PAPER['before']['acc']:.2f} | {after['acc']:.2f} / {PAPER['anp']['acc']:.2f} |")
+    for key in ("asr", "acc"):
+        print(f"| {key.upper()} (%) | {before[key]:.2f} / {PAPER['before'][key]:.2f} "
+              f"| {after[key]:.2f} / {PAPER['anp'][key]:.2f} |")
     print(f"\nANP: {rep['seconds']:.1f} s, {rep['log']['iterations_per_second']:.1f} iterations/s, "
           f"peak RSS {rep['peak_rss_mb']:.0f} MB, onnxruntime parity {rep['parity_max_abs']:.1e}")
 

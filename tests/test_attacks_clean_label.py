@@ -111,7 +111,9 @@ def test_clb_pgd_stays_in_the_eps_ball_and_raises_the_loss(mnist_images):
     x, y = mnist_images.x[:16], mnist_images.y[:16]
     adv = get_attack(_spec("clb", params={"steps": 5})).harden(model, x, y)
     assert np.abs(adv - x).max() <= 16 / 255 + 1e-6 and adv.min() >= 0.0 and adv.max() <= 1.0
-    loss = lambda z: torch.nn.functional.cross_entropy(torch.from_numpy(predict(model, z)), torch.from_numpy(y))
+    def loss(z):
+        return torch.nn.functional.cross_entropy(torch.from_numpy(predict(model, z)), torch.from_numpy(y))
+
     assert loss(adv) > loss(x)
     assert all(p.requires_grad for p in model.parameters())
 

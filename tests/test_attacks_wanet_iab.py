@@ -68,7 +68,8 @@ def test_wanet_field_has_the_configured_k_and_s():
         flow = attack.flow(28, 28)
         assert flow.shape == (28, 28, 2)
         unit = ctrl / np.abs(ctrl).mean()  # bicubic with align_corners passes through the corner points
-        for (r, c), (fr, fc) in {(0, 0): (0, 0), (0, k - 1): (0, 27), (k - 1, 0): (27, 0), (k - 1, k - 1): (27, 27)}.items():
+        corners = {(0, 0): (0, 0), (0, k - 1): (0, 27), (k - 1, 0): (27, 0), (k - 1, k - 1): (27, 27)}
+        for (r, c), (fr, fc) in corners.items():
             np.testing.assert_allclose(flow[fr, fc], unit[r, c] * s / 28, rtol=1e-10, atol=1e-12)
         field = attack.field(28, 28)[0].numpy()
         assert np.abs(field).max() <= 1.0

@@ -188,7 +188,8 @@ def test_fit_preprocess_reads_model_metadata():
 @pytest.mark.parametrize(
     "data, shape, kwargs, message",
     [
-        (_set(), [1, 1, 28, 28], {}, "data clean.npz has images of shape 3x32x32 but model input 'input' expects 1x28x28 \\(NCHW\\)"),
+        (_set(), [1, 1, 28, 28], {},
+         "data clean.npz has images of shape 3x32x32 but model input 'input' expects 1x28x28 \\(NCHW\\)"),
         (_set(c=1), ["n", 3, 32, 32], {}, "grey images for an RGB model"),
         (_set(), ["n", 3, 28, 28], {}, "3x32x32 .* expects 3x28x28"),
         (_set(), ["n", 3, 32, 32], {"mean": [0.5]}, "mean has 1 values"),

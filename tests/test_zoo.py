@@ -64,7 +64,8 @@ def test_config_expands_modes_targets_seeds_and_overrides(tiny_data):
     assert ids == ["tiny/clean-s0", "tiny/clean-s1", "tiny/badnets-t0-s0", "tiny/badnets-t3-s0",
                    "tiny/badnets-a2a-s0", "tiny/sig-strong-t0-s0"]
     by_id = {e.id: e for e in entries}
-    assert by_id["tiny/clean-s1"].train == {"epochs": 1, "lr": 0.05, "seed": 1} and by_id["tiny/clean-s1"].attack is None
+    assert by_id["tiny/clean-s1"].train == {"epochs": 1, "lr": 0.05, "seed": 1}
+    assert by_id["tiny/clean-s1"].attack is None
     assert by_id["tiny/badnets-a2a-s0"].target is None and by_id["tiny/badnets-t3-s0"].target == 3
     assert by_id["tiny/badnets-t0-s0"].train["batch_size"] == 64
     assert by_id["tiny/sig-strong-t0-s0"].params == {"delta": 60} and by_id["tiny/sig-strong-t0-s0"].rate == 0.8

@@ -28,7 +28,8 @@ _ONLY = click.option("--only", multiple=True, help="build only ids matching this
 @_OUT
 @_ONLY
 @click.option("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-@click.option("--progress/--no-progress", default=None, help="training progress bars (default: when stderr is a terminal)")
+@click.option("--progress/--no-progress", default=None,
+              help="training progress bars (default: when stderr is a terminal)")
 @click.option("--rebuild", multiple=True, help="train ids matching this glob again even if built (repeatable)")
 @handle_errors
 def build(config, out, only, device, progress, rebuild):

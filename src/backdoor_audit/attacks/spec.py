@@ -125,7 +125,8 @@ def _spec_text_from_onnx(p: Path) -> str:
     try:
         model = onnx.load(str(p), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError and friends
-        raise ModelError(f"{p} is not a readable ONNX model: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelError(f"{p} is not a readable ONNX model: {why}") from None
     for prop in model.metadata_props:
         if prop.key == ATTACK_SPEC_KEY:
             return prop.value

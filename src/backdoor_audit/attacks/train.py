@@ -196,7 +196,8 @@ def _check_label_range(model: nn.Module, x_all: torch.Tensor, images: ImageSet) 
     model.train(was_training)
     top = int(images.y.max())
     if top >= n_out:
-        raise DataError(f"labels of {images.source or 'the training set'} go up to {top} but the model has {n_out} outputs")
+        raise DataError(f"labels of {images.source or 'the training set'} go up to {top} "
+                        f"but the model has {n_out} outputs")
 
 
 def _crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:

@@ -246,7 +246,8 @@ class TrojanNN(Attack):
         info = self.optimise_trigger(model, clean.shape, idx)
         return {"model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
                 "trigger": self.params["trigger"], "info": info, "seconds": time.perf_counter() - start,
-                "clean_log": {k: clean_log[k] for k in ("loss", "train_acc", "epochs", "steps", "seconds", "resumed_at")}}
+                "clean_log": {k: clean_log[k]
+                              for k in ("loss", "train_acc", "epochs", "steps", "seconds", "resumed_at")}}
 
 
 def last_linear(model: nn.Module) -> nn.Linear:

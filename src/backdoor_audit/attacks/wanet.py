@@ -178,7 +178,8 @@ def _grid_array(grid: Any, k: int) -> np.ndarray:
     except (TypeError, ValueError):
         raise SpecError("wanet grid must be a k x k x 2 list of numbers") from None
     if arr.shape != (k, k, 2):
-        raise SpecError(f"wanet grid must have shape {k}x{k}x2 for k={k}, got {'x'.join(map(str, arr.shape)) or 'a scalar'}")
+        got = "x".join(map(str, arr.shape)) or "a scalar"
+        raise SpecError(f"wanet grid must have shape {k}x{k}x2 for k={k}, got {got}")
     if not np.isfinite(arr).all() or not np.abs(arr).max() > 0.0:
         raise SpecError("wanet grid must hold finite numbers, not all zero")
     return arr

@@ -104,12 +104,16 @@ def _predict(
     return np.concatenate(outs)
 
 
-def _check_outputs(logits: np.ndarray, images: ImageSet, model_path: str | os.PathLike, spec: AttackSpec | None) -> None:
+def _check_outputs(
+    logits: np.ndarray, images: ImageSet, model_path: str | os.PathLike, spec: AttackSpec | None
+) -> None:
     if logits.ndim != 2:
-        raise ModelError(f"model {model_path} returns an output of shape {list(logits.shape)}; expected (batch, classes)")
+        raise ModelError(f"model {model_path} returns an output of shape {list(logits.shape)}; "
+                         "expected (batch, classes)")
     n_out = int(logits.shape[1])
     top = int(images.y.max())
     if top >= n_out:
-        raise DataError(f"labels of {images.source or 'the data'} go up to {top} but model {model_path} has {n_out} outputs")
+        raise DataError(f"labels of {images.source or 'the data'} go up to {top} "
+                        f"but model {model_path} has {n_out} outputs")
     if spec is not None and spec.num_classes != n_out:
         raise SpecError(f"attack spec says {spec.num_classes} classes but model {model_path} has {n_out} outputs")

@@ -204,7 +204,8 @@ def _split_level(entries: list[_Entry], source: str) -> int | None:
     depth = len(entries[0][0])
     for parts, name, _ in entries:
         if len(parts) != depth:
-            raise DataError(f"{name} is not at the same folder depth as {entries[0][1]}; expected <class>/<image> files")
+            raise DataError(f"{name} is not at the same folder depth as {entries[0][1]}; "
+                            "expected <class>/<image> files")
     if depth < 2:
         raise DataError(f"{source} has images but no class subfolders; expected <class>/<image> files")
     has_split = depth >= 3 and all(parts[depth - 3] in SPLIT_NAMES for parts, _, _ in entries)
@@ -292,7 +293,8 @@ def _decode_images(entries: list[_Entry], source: str) -> np.ndarray:
             size, first = arr.shape[:2], name
         elif arr.shape[:2] != size:
             raise DataError(
-                f"image {name} is {arr.shape[1]}x{arr.shape[0]} but {first} is {size[1]}x{size[0]}; all images must share one size"
+                f"image {name} is {arr.shape[1]}x{arr.shape[0]} but {first} is {size[1]}x{size[0]}; "
+                "all images must share one size"
             )
         arrays.append(arr)
     if all(a.ndim == 2 for a in arrays):

@@ -120,7 +120,8 @@ def fit_preprocess(
 def _layout_from_shape(dims: list[int | None], input_name: str) -> str:
     first, last = dims[1] in (1, 3), dims[3] in (1, 3)
     if first and last:
-        raise DataError(f"model input {input_name!r} has shape {_fmt_dims(dims)}: cannot tell NCHW from NHWC; pass --layout")
+        raise DataError(f"model input {input_name!r} has shape {_fmt_dims(dims)}: "
+                        "cannot tell NCHW from NHWC; pass --layout")
     return "NHWC" if last else "NCHW"
 
 

@@ -42,7 +42,9 @@ class PreActBlock(nn.Module):
 
 
 class PreActResNet18(nn.Module):
-    def __init__(self, in_shape: tuple[int, int, int], num_classes: int, widths: tuple[int, ...] = (64, 128, 256, 512)) -> None:
+    def __init__(
+        self, in_shape: tuple[int, int, int], num_classes: int, widths: tuple[int, ...] = (64, 128, 256, 512)
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_shape[0], widths[0], 3, padding=1, bias=False)
         self.linear = nn.Linear(add_stages(self, PreActBlock, widths), num_classes)

@@ -39,7 +39,9 @@ def run_stages(net: nn.Module, out: torch.Tensor) -> torch.Tensor:
 class ResNet18(nn.Module):
     """CIFAR ResNet-18: 8 basic blocks in 4 stages, ``layer1`` ... ``layer4`` as in the usual code."""
 
-    def __init__(self, in_shape: tuple[int, int, int], num_classes: int, widths: tuple[int, ...] = (64, 128, 256, 512)) -> None:
+    def __init__(
+        self, in_shape: tuple[int, int, int], num_classes: int, widths: tuple[int, ...] = (64, 128, 256, 512)
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_shape[0], widths[0], 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])

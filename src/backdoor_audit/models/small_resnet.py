@@ -37,7 +37,9 @@ class BasicBlock(nn.Module):
 class SmallResNet(nn.Module):
     """Stem conv3x3(16), stages of 16/32/64 channels (strides 1/2/2), global average pool, Linear."""
 
-    def __init__(self, in_shape: tuple[int, int, int], num_classes: int, widths: tuple[int, ...] = (16, 32, 64)) -> None:
+    def __init__(
+        self, in_shape: tuple[int, int, int], num_classes: int, widths: tuple[int, ...] = (16, 32, 64)
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_shape[0], widths[0], 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])

@@ -92,7 +92,8 @@ def optimize_masks(ctx: RepairContext, *, eps: float, alpha: float, lr: float, m
                 with torch.no_grad():
                     mod.mask.clamp_(0.0, 1.0)
                 if it % 50 == 0 or it == iterations - 1:
-                    curve.append({"iteration": it, "loss_nat": float(loss_nat.detach()), "loss_rob": float(loss_rob.detach())})
+                    curve.append({"iteration": it, "loss_nat": float(loss_nat.detach()),
+                                  "loss_rob": float(loss_rob.detach())})
                 if callback is not None:
                     callback(it, mod)
     finally:

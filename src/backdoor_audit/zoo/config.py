@@ -72,7 +72,8 @@ def load_config(path: str | os.PathLike) -> list[ZooEntry]:
         raise SpecError(f"zoo config {p} is not readable TOML: {exc}") from None
     unknown = set(raw) - {"set"}
     if unknown:
-        raise SpecError(f"zoo config {p}: unknown top-level key(s) {', '.join(sorted(unknown))}; expected [[set]] tables")
+        raise SpecError(f"zoo config {p}: unknown top-level key(s) {', '.join(sorted(unknown))}; "
+                        "expected [[set]] tables")
     sets = raw.get("set", [])
     if not isinstance(sets, list) or not sets:
         raise SpecError(f"zoo config {p} defines no [[set]]")

@@ -11,9 +11,10 @@ from click.testing import CliRunner
 
 from backdoor_audit.cli import main
 from backdoor_audit.data import demo_sample_path
-from backdoor_audit.data.loading import load_images
+from backdoor_audit.data.loading import data_digest, load_images
 from backdoor_audit.errors import SpecError
 from backdoor_audit.zoo import build_zoo, load_config, read_manifest
+from backdoor_audit.zoo import build as build_module
 from backdoor_audit.zoo.build import _changed, select, status
 
 from conftest import Killed
@@ -204,7 +205,8 @@ def test_an_interrupted_build_resumes_and_a_changed_entry_starts_over(tiny_data,
     assert "resumed_at" not in row and row["train"]["lr"] == 0.02 and not list((tmp_path / ".ckpt").rglob("*.*"))
 
 
-def test_a_checkpoint_made_on_other_data_under_the_same_path_is_not_resumed(tiny_data, tmp_path, kill_after):
+def test_a_checkpoint_made_on_other_data_under_the_same_path_is_not_resumed(
+        tiny_data, tmp_path, kill_after, monkeypatch):
     data = tmp_path / "d.npz"
     data.write_bytes((tiny_data / "tiny.npz").read_bytes())
     (entry,) = select(load_config(_write(tiny_data)), ["tiny/clean-s0"])
@@ -218,5 +220,7 @@ def test_a_checkpoint_made_on_other_data_under_the_same_path_is_not_resumed(tiny
     arrays["y_train"][:10] = (arrays["y_train"][:10] + 1) % 10
     np.savez(data, **arrays)
     assert [s for _, s in status([entry], tmp_path / "z")] == ["todo"]
+    hashed = []
+    monkeypatch.setattr(build_module, "data_digest", lambda path: hashed.append(path) or data_digest(path))
     (row,) = build_zoo([entry], tmp_path / "z")
-    assert "resumed_at" not in row
+    assert "resumed_at" not in row and hashed == [str(data)]  # once per build, by status and claim together

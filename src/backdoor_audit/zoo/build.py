@@ -81,17 +81,20 @@ def check_entries(entries: list[ZooEntry]) -> None:
             raise SpecError(f"zoo model {e.id}: unknown attack {e.attack!r}; known: {', '.join(known_attacks())}")
 
 
-def status(entries: list[ZooEntry], out_dir: str | os.PathLike) -> list[tuple[ZooEntry, str]]:
+def status(
+    entries: list[ZooEntry], out_dir: str | os.PathLike, digests: dict[str, str] | None = None
+) -> list[tuple[ZooEntry, str]]:
     """(entry, "built" | "stale" | "partial" | "todo") for each entry.
 
     "stale": built, but the config has changed what the model should be (architecture, attack,
     mode, target, rate, params or training settings) since; a build trains it again.
     "partial": its training was interrupted, for the entry as the config gives it now and on the
     same data (by content; a checkpoint left by another version of the entry, or made on other
-    data, does not count and is discarded by a build).
+    data, does not count and is discarded by a build). ``digests``: data digests by path, filled
+    as needed (a build passes its own, so that no dataset is hashed twice).
     """
     out, rows = Path(out_dir), read_manifest(out_dir)
-    digests: dict[str, str] = {}
+    digests = {} if digests is None else digests
     result = []
     for e in entries:
         if e.id in rows and (out / rows[e.id]["file"]).is_file():
@@ -158,7 +161,7 @@ def build_zoo(
     out.mkdir(parents=True, exist_ok=True)
     sets = _DataCache(cache_dir)
     emit = on_event or (lambda *_: None)
-    for entry, state in status(entries, out):
+    for entry, state in status(entries, out, sets.digests):
         if state == "built" and any(fnmatch.fnmatch(entry.id, pat) for pat in rebuild or []):
             state = "stale"
         if state == "built":

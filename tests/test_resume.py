@@ -72,6 +72,27 @@ def test_training_resumes_from_checkpoint_bit_exactly(digits, tmp_path, kill_aft
         run(ckpt)
 
 
+def test_a_checkpoint_resumes_under_another_thread_count(digits, tmp_path, kill_after):
+    def run(threads, ckpt):
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        model = build_model("mnist-cnn", digits.shape, 10)
+        return model, train_classifier(model, digits, epochs=3, lr=0.05, seed=3, checkpoint=ckpt)
+
+    whole, whole_log = run(1, None)
+    kill_after("m.pt", 1)
+    with pytest.raises(Killed):
+        run(1, tmp_path / "m.pt")
+    try:
+        model, log = run(2, tmp_path / "m.pt")  # continued on more threads: the same steps, not bit for bit
+    finally:
+        torch.set_num_threads(1)
+    assert log["resumed_at"] == 1
+    np.testing.assert_allclose(log["loss"], whole_log["loss"], rtol=1e-4)
+    for a, b in zip(whole.state_dict().values(), model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+
 # attack, params, the checkpoint file it dies after, epochs done then, the method that prepares
 # (run again on resume only when the death came before the preparation was kept), and the epoch the
 # log says it resumed at, counted over every epoch the log reports (TrojanNN's: clean, then fine-tune)

@@ -18,6 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
 from ..export.atomic import atomic_output
+from ..graph.load import sha256_file
 from .images import ImageSet
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
@@ -304,17 +305,14 @@ def _decode_images(entries: list[_Entry], source: str) -> np.ndarray:
 
 
 def data_digest(path: str | os.PathLike) -> str:
-    """sha256 of a data file's bytes, or of a folder's every file (relative path and bytes): the
+    """sha256 of a data file's bytes, or of a folder's every file (relative path and sha256): the
     same for the same data wherever it lies or however often it was copied, unlike the cache key."""
     p = Path(path)
+    if not p.is_dir():
+        return sha256_file(p)
     h = hashlib.sha256()
-    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-    for f in files:
-        if p.is_dir():
-            h.update(f"\0{f.relative_to(p).as_posix()}\0".encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+    for f in sorted(f for f in p.rglob("*") if f.is_file()):
+        h.update(f"{f.relative_to(p).as_posix()}\0{sha256_file(f)}\0".encode())
     return h.hexdigest()
 
 

@@ -44,6 +44,17 @@ class OpZoo(nn.Module):
         return self.fc2(self.drop(nn.functional.elu(self.fc1(h))))
 
 
+def random_images(n: int = 40, c: int = 1, h: int = 28, w: int = 28, classes: int = 10, seed: int = 0):
+    """``n`` seeded uniform-noise images of ``c``x``h``x``w`` in [0, 1) with every one of ``classes``
+    labels present, in shuffled order."""
+    from backdoor_audit.data import ImageSet
+
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, c, h, w), dtype=np.float32)
+    y = np.arange(n) % classes  # every class present
+    return ImageSet(x=x, y=rng.permutation(y).astype(np.int64), source="synthetic")
+
+
 def make_spec(attack: str = "badnets", **fields):
     """An attack spec for tests: all-to-one, target 0 of 10 classes, no params, seed 0, rate 0.1,
     unless ``fields`` say otherwise (all-to-all gets no target unless one is given)."""

@@ -14,9 +14,10 @@ from backdoor_audit.attacks.registry import known_attacks
 from backdoor_audit.attacks.run import run_attack
 from backdoor_audit.attacks.train import TrainSettings
 from backdoor_audit.audit.evaluate import evaluate
-from backdoor_audit.data.images import ImageSet
 from backdoor_audit.graph.load import load_model
 from backdoor_audit.graph.model import model_preprocess
+
+from conftest import random_images
 
 # settings that keep each attack's own preparation to seconds on tiny data (all else: its defaults)
 FAST = {
@@ -33,18 +34,11 @@ CASES = [(name, "all-to-one", d) for name in known_attacks() for d in DATASETS]
 CASES += [(name, "all-to-all", "grey-19x23-c7") for name in ("badnets", "input-aware")]
 
 
-def _images(c: int, h: int, w: int, classes: int, n: int, seed: int) -> ImageSet:
-    rng = np.random.default_rng(seed)
-    x = rng.random((n, c, h, w), dtype=np.float32)
-    y = rng.permutation(np.arange(n) % classes).astype(np.int64)  # every class present
-    return ImageSet(x=x, y=y, source=f"synthetic {c}x{h}x{w}")
-
-
 @pytest.mark.parametrize("name, mode, dataset", CASES, ids=[f"{n}-{m}-{d}" for n, m, d in CASES])
 def test_every_attack_trains_on_any_data_and_its_spec_in_the_file_rebuilds_its_trigger(
         tmp_path, monkeypatch, name, mode, dataset):
     c, h, w, classes = DATASETS[dataset]
-    train, test = _images(c, h, w, classes, 140, seed=0), _images(c, h, w, classes, 60, seed=1)
+    train, test = random_images(140, c, h, w, classes, seed=0), random_images(60, c, h, w, classes, seed=1)
     target = None if mode == "all-to-all" else classes - 1  # the last class: any class count
     spec = AttackSpec(name, mode, target, classes, dict(FAST.get(name, {})), seed=3,
                       rate=0.8 if name in CLEAN_LABEL else 0.3)

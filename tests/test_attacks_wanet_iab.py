@@ -14,24 +14,17 @@ from backdoor_audit.attacks import AttackSpec, get_attack, list_attacks, load_sp
 from backdoor_audit.attacks.iab_generator import TriggerGenerator, pack_generators, triggered
 from backdoor_audit.attacks.run import run_attack
 from backdoor_audit.attacks.train import TrainSettings
-from backdoor_audit.data import ImageSet, demo_sample_path, load_images
+from backdoor_audit.data import demo_sample_path, load_images
 from backdoor_audit.errors import SpecError
 from backdoor_audit.models import build_model
 
-from conftest import make_spec
+from conftest import make_spec, random_images
 
 
 def _spec(attack: str = "wanet", **fields) -> AttackSpec:
     if fields.get("mode") == "all-to-all":
         fields["target"] = None  # tests parametrised over both modes pass one target for both
     return make_spec(attack, **fields)
-
-
-def _images(n=40, c=1, h=28, w=28, classes=10, seed=0) -> ImageSet:
-    rng = np.random.default_rng(seed)
-    x = rng.random((n, c, h, w), dtype=np.float32)
-    y = np.arange(n) % classes  # every class present
-    return ImageSet(x=x, y=rng.permutation(y).astype(np.int64), source="synthetic")
 
 
 def _round_trip(spec: AttackSpec) -> AttackSpec:
@@ -49,7 +42,7 @@ def test_both_attacks_are_listed_with_a_summary():
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (3, 20, 17)])
 def test_wanet_warp_changes_the_image_and_is_reproducible(shape):
-    x = _images(6, *shape).x
+    x = random_images(6, *shape).x
     out = get_attack(_spec()).apply(x)
     assert out.shape == x.shape and out.dtype == np.float32 and not np.shares_memory(out, x)
     assert (np.abs(out - x).reshape(len(x), -1).max(axis=1) > 0.05).all()  # every image is warped
@@ -82,7 +75,7 @@ def test_wanet_grid_is_stored_exactly_and_overrides_the_seed():
     attack = get_attack(_spec(params={"grid_seed": 5}))
     grid = attack.params["grid"]
     assert all(isinstance(v, float) for row in grid for cell in row for v in cell)
-    x = _images(3).x
+    x = random_images(3).x
     given = get_attack(_spec(params={"grid": json.loads(json.dumps(grid)), "grid_seed": 99}))
     np.testing.assert_array_equal(given.apply(x), attack.apply(x))
     as_text = get_attack(_spec(params={"grid": json.dumps(grid)}))
@@ -91,7 +84,7 @@ def test_wanet_grid_is_stored_exactly_and_overrides_the_seed():
 
 @pytest.mark.parametrize("mode", ["all-to-one", "all-to-all"])
 def test_wanet_poisoning_labels_and_noise_mode(mode):
-    images = _images(40, 3, 32, 32)
+    images = random_images(40, 3, 32, 32)
     attack = get_attack(_spec(mode=mode, target=2, rate=0.25, params={"noise_rate": 0.25}))
     poisoned, idx = attack.poison(images)
     eligible = attack.spec.asr_mask(images.y)
@@ -115,7 +108,7 @@ def test_wanet_poisoning_labels_and_noise_mode(mode):
 
 
 def test_wanet_spec_round_trips_through_onnx_and_reproduces_the_trigger(tmp_path):
-    train, test = _images(40, 1, 28, 28), _images(10, 1, 28, 28, seed=1)
+    train, test = random_images(40, 1, 28, 28), random_images(10, 1, 28, 28, seed=1)
     torch.manual_seed(0)
     summary = run_attack("mnist-cnn", train, _spec(rate=0.2), tmp_path / "w.onnx",
                          TrainSettings(epochs=1, batch_size=20), test_data=test, dynamo=False)
@@ -150,7 +143,7 @@ def test_wanet_bad_inputs():
     with pytest.raises(SpecError, match="expects NCHW"):
         attack.apply(np.zeros((28, 28), dtype=np.float32))
     with pytest.raises(SpecError, match="do not fit"):
-        attack.poison(_images(20))
+        attack.poison(random_images(20))
 
 
 # --------------------------------------------------------------------------- input-aware
@@ -222,7 +215,7 @@ def test_iab_static_snapshot_labels_follow_the_mode(iab, mode):
 
 
 def test_iab_rgb_all_to_all_run_is_seeded_and_round_trips_through_onnx(tmp_path):
-    train, test = _images(40, 3, 32, 32), _images(8, 3, 32, 32, seed=1)
+    train, test = random_images(40, 3, 32, 32), random_images(8, 3, 32, 32, seed=1)
     spec = _spec("input-aware", mode="all-to-all", params={"mask_steps": 2, "channels": 8})
     settings = TrainSettings(epochs=1, batch_size=20, seed=3)
     runs = []
@@ -268,8 +261,8 @@ def test_iab_untrained_and_shape_errors():
     attack = get_attack(_spec("input-aware"))
     attack.check_shape((3, 16, 16))  # fine before training
     with pytest.raises(SpecError, match="not trained"):
-        attack.apply(_images(2).x)
+        attack.apply(random_images(2).x)
     with pytest.raises(SpecError, match="at least 8x8"):
         get_attack(_spec("input-aware", params={"depth": 3})).check_shape((1, 7, 28))
     ready = get_attack(_spec("input-aware", params={"generator": _packed()}))
-    assert ready.apply(_images(2, 1, 17, 23).x).shape == (2, 1, 17, 23)  # any size
+    assert ready.apply(random_images(2, 1, 17, 23).x).shape == (2, 1, 17, 23)  # any size

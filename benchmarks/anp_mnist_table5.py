@@ -28,9 +28,9 @@ def main() -> None:
     test = ["--data", args.data, "--split", "test", "--attack", str(suspect)]
     before = audit("validate", str(suspect), *test)
     out = work / f"anp-{args.alpha}-{args.eps}-{args.noise_bound}.onnx"
-    rep = audit("repair", str(suspect), "--data", str(clean), "--method", "anp", "--alpha", args.alpha,
-                "--eps", args.eps, "--noise-bound", args.noise_bound, "--iterations", args.iterations,
-                "--seed", args.seed, "--out", str(out))
+    rep = audit("repair", str(suspect), "--data", str(clean), "--method", "anp", "--param", f"alpha={args.alpha}",
+                "--param", f"eps={args.eps}", "--param", f"noise_bound={args.noise_bound}",
+                "--param", f"iterations={args.iterations}", "--seed", args.seed, "--out", str(out))
     after = audit("validate", str(out), *test)
 
     print(f"ANP alpha={args.alpha}, eps={args.eps}, noise bound {args.noise_bound}, {args.iterations} iterations, "

@@ -63,7 +63,8 @@ def suspect_model(args: argparse.Namespace, arch: str) -> tuple[Path, Path]:
     if not (suspect.exists() and clean.exists()):
         t0 = time.perf_counter()
         audit("attack", "badnets", "--data", args.data, "--arch", arch, "--target", "0", "--rate", "0.1",
-              "--patch", "square", "--size", "3", "--position", "bottom-right", "--epochs", args.epochs,
+              "--param", "patch=square", "--param", "size=3", "--param", "position=bottom-right",
+              "--epochs", args.epochs,
               "--lr", args.lr, "--seed", args.seed, "--clean-holdout", "500", "--clean-out", str(clean),
               "--out", str(suspect))
         print(f"trained the suspect model in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
@@ -78,9 +79,10 @@ def main() -> None:
     rows = {"before": (audit("validate", str(suspect), *test), None)}
     for comp in ("all", "conv", "linear"):
         out = work / f"anp-{comp}-{args.alpha}-{args.eps}-{args.noise_bound}.onnx"
-        rep = audit("repair", str(suspect), "--data", str(clean), "--method", "anp", "--layers", comp,
-                    "--alpha", args.alpha, "--eps", args.eps, "--noise-bound", args.noise_bound,
-                    "--iterations", args.iterations, "--seed", args.seed, "--out", str(out))
+        rep = audit("repair", str(suspect), "--data", str(clean), "--method", "anp", "--param", f"layers={comp}",
+                    "--param", f"alpha={args.alpha}", "--param", f"eps={args.eps}",
+                    "--param", f"noise_bound={args.noise_bound}", "--param", f"iterations={args.iterations}",
+                    "--seed", args.seed, "--out", str(out))
         rows[comp] = (audit("validate", str(out), *test), rep)
         print(f"ANP on {comp}: {len(rep['pruned'])} pruned in {rep['seconds']:.0f} s", file=sys.stderr)
 

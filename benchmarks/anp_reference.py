@@ -40,7 +40,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
-from backdoor_audit.audit.gate import validate_model
+from backdoor_audit.evaluation.gate import validate_model
 from backdoor_audit.data import load_images
 from backdoor_audit.export.masked import mask_writes
 from backdoor_audit.export.surgery import provenance, write_with_provenance
@@ -48,8 +48,9 @@ from backdoor_audit.graph.load import metadata
 from backdoor_audit.graph.model import open_model
 from backdoor_audit.graph.neurons import initializer_array
 from backdoor_audit.models import build_model
-from backdoor_audit.repair.anp import optimize_masks, prune_masks
-from backdoor_audit.repair.base import RepairContext
+from backdoor_audit.graph.masks import optimize_masks
+from backdoor_audit.inputs import fit_images
+from backdoor_audit.repair.anp import prune_masks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -200,7 +201,8 @@ def main() -> None:
     training = json.loads(metadata(m.proto)["backdoor_audit.training"])
     clean = load_images(args.clean)
     test = load_images(args.data, split="test")
-    x, y = m.tensors(clean, m.preprocess_for(clean))
+    fitted = fit_images(m.proto, clean, m.executor.device)
+    x, y = fitted.x, fitted.y
     classes = next(l.size for l in m.inventory.layers if l.head)
 
     rows, gaps = [], []
@@ -215,9 +217,9 @@ def main() -> None:
         theirs, t_ref = run_reference(ref, net, mapping, x, y, seed, args.iterations, args.eps)
         runs = [("authors' code", theirs, t_ref)]
         for bound in ("none", "project"):
-            ctx = RepairContext(m.executor, m.inventory, x, y, seed=seed)
-            mod, log = optimize_masks(ctx, eps=args.eps, alpha=args.alpha, lr=0.2, momentum=0.9,
-                                      iterations=args.iterations, batch_size=128, noise_bound=bound)
+            mod, log = optimize_masks(m.executor, m.inventory, x, y, eps=args.eps, alpha=args.alpha, lr=0.2,
+                                      momentum=0.9, iterations=args.iterations, batch_size=128, noise_bound=bound,
+                                      seed=seed)
             label = "ours, noise not projected (as their code)" if bound == "none" else "ours, projected (Algorithm 1)"
             runs.append((label, mod.per_layer(mod.mask), log["seconds"]))
         layers = list(runs[1][1])

@@ -117,7 +117,7 @@ class Killed(Exception):
 def kill_after(monkeypatch):
     """``kill_after(name, epochs)``: the next write of checkpoint file ``name`` after ``epochs``
     epochs raises Killed (or ``death``) once the file is on disk."""
-    from backdoor_audit.attacks import resume
+    from backdoor_audit.training import resume
 
     def arm(name: str, epochs: int, death: type[BaseException] = Killed) -> None:
         write = resume._write

@@ -13,7 +13,9 @@ import torch
 from backdoor_audit.export.session import make_session
 from backdoor_audit.graph.model import open_model
 from backdoor_audit.models import build_model
-from backdoor_audit.repair.anp import optimize_masks, prune_masks
+from backdoor_audit.graph.masks import optimize_masks
+from backdoor_audit.inputs import fit_images
+from backdoor_audit.repair.anp import prune_masks
 from backdoor_audit.repair.base import RepairContext
 from backdoor_audit.repair.run import repair_model
 
@@ -23,7 +25,7 @@ from conftest import export, randomise_bn
 @pytest.fixture(scope="module")
 def trained_mnist(tmp_path_factory, mnist_images):
     """A briefly trained MNIST CNN (clean), exported with the default exporter."""
-    from backdoor_audit.attacks.train import train_classifier
+    from backdoor_audit.training.train import train_classifier
     from backdoor_audit.data import demo_sample_path, load_images
     from backdoor_audit.data.sample import sample
 
@@ -35,9 +37,10 @@ def trained_mnist(tmp_path_factory, mnist_images):
 
 
 def _ctx(path, images):
+    """What the mask optimiser runs on: the executor, its inventory and the fitted clean images."""
     m = open_model(path, "cpu")
-    x, y = m.tensors(images, m.preprocess_for(images))
-    return m, RepairContext(m.executor, m.inventory, x, y, seed=0)
+    fitted = fit_images(m.proto, images, m.executor.device)
+    return m, (m.executor, m.inventory, fitted.x, fitted.y)
 
 
 def test_masks_in_unit_interval_and_perturbations_projected(trained_mnist, mnist_images):
@@ -52,7 +55,7 @@ def test_masks_in_unit_interval_and_perturbations_projected(trained_mnist, mnist
         # one signed step of size eps from U(-eps, eps), then projection: many entries sit at the bound
         assert float((mod.delta.abs() > 0.3 - 1e-6).float().mean()) > 0.3
 
-    mod, log = optimize_masks(ctx, eps=0.3, alpha=0.5, lr=0.2, momentum=0.9, iterations=15, batch_size=32,
+    mod, log = optimize_masks(*ctx, eps=0.3, alpha=0.5, lr=0.2, momentum=0.9, iterations=15, batch_size=32,
                               callback=check)
     assert seen == list(range(15))
     assert mod.size == 560  # 48 conv + 512 FC: the head is left alone
@@ -71,7 +74,7 @@ def test_unbounded_noise_reaches_twice_eps_as_the_authors_code(trained_mnist, mn
         assert float(d.max()) <= 0.6 + 1e-6 and float(mod.xi.detach().abs().max()) <= 0.6 + 1e-6
         beyond.append(float((d > 0.3 + 1e-6).float().mean()))
 
-    optimize_masks(ctx, eps=0.3, alpha=0.5, lr=0.2, momentum=0.9, iterations=5, batch_size=32,
+    optimize_masks(*ctx, eps=0.3, alpha=0.5, lr=0.2, momentum=0.9, iterations=5, batch_size=32,
                    noise_bound="none", callback=check)
     assert 0.3 < float(np.mean(beyond)) < 0.7
 
@@ -80,7 +83,7 @@ def test_same_seed_same_masks(trained_mnist, mnist_images):
     runs = []
     for _ in range(2):
         _, ctx = _ctx(trained_mnist, mnist_images)
-        mod, _ = optimize_masks(ctx, eps=0.4, alpha=0.2, lr=0.2, momentum=0.9, iterations=10, batch_size=32)
+        mod, _ = optimize_masks(*ctx, eps=0.4, alpha=0.2, lr=0.2, momentum=0.9, iterations=10, batch_size=32)
         runs.append(mod.mask.clone())
     assert torch.equal(runs[0], runs[1])
 
@@ -88,7 +91,7 @@ def test_same_seed_same_masks(trained_mnist, mnist_images):
 def test_no_perturbation_and_alpha_one_is_plain_mask_training(trained_mnist, mnist_images):
     """eps=0 reduces Eq. 8 to the clean loss alone (the paper's 'vanilla pruning' ablation)."""
     _, ctx = _ctx(trained_mnist, mnist_images)
-    mod, log = optimize_masks(ctx, eps=0.0, alpha=1.0, lr=0.2, momentum=0.9, iterations=5, batch_size=32)
+    mod, log = optimize_masks(*ctx, eps=0.0, alpha=1.0, lr=0.2, momentum=0.9, iterations=5, batch_size=32)
     assert all(p["loss_rob"] == 0.0 for p in log["curve"])
 
 
@@ -125,9 +128,13 @@ def test_repair_masks_bn_where_kept_and_conv_where_folded(tmp_path, cifar_images
 
 
 def test_repair_sees_only_the_model_and_clean_data(tmp_path, trained_mnist, mnist_images):
-    """The method's whole world is a RepairContext: executor, inventory, clean x/y, seed. The model
-    file here has no attack spec and the data no test split; repair still runs end to end."""
-    assert [f.name for f in dataclasses.fields(RepairContext)] == ["executor", "inventory", "x", "y", "seed",
+    """The method's whole world is a RepairContext: executor, inventory, the defender's clean images
+    (model input, pixels, labels, the preprocessing between them), optional unlabeled images, seed.
+    No field for test data, a trigger, an attack spec or a target. The model file here has no attack
+    spec and the data no test split; repair still runs end to end (test_layering.py checks the same
+    with a spec present and stripped)."""
+    assert [f.name for f in dataclasses.fields(RepairContext)] == ["executor", "inventory", "x", "y", "raw",
+                                                                   "preprocessing", "unlabeled", "seed",
                                                                    "progress"]
     proto = onnx.load(str(trained_mnist))
     assert not any(p.key == "backdoor_audit.attack_spec" for p in proto.metadata_props)

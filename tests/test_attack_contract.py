@@ -12,10 +12,10 @@ from backdoor_audit.attacks import AttackSpec, get_attack, load_spec
 from backdoor_audit.attacks import run as run_module
 from backdoor_audit.attacks.registry import known_attacks
 from backdoor_audit.attacks.run import run_attack
-from backdoor_audit.attacks.train import TrainSettings
-from backdoor_audit.audit.evaluate import evaluate
+from backdoor_audit.training.train import TrainSettings
+from backdoor_audit.evaluation.evaluate import evaluate
 from backdoor_audit.graph.load import load_model
-from backdoor_audit.graph.model import model_preprocess
+from backdoor_audit.inputs import model_preprocess
 
 from conftest import random_images
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backdoor_audit.attacks.params import float_param, int_param
+from backdoor_audit.options import float_param, int_param
 from backdoor_audit.errors import SpecError
 
 

@@ -15,7 +15,7 @@ from backdoor_audit.attacks import AttackSpec, get_attack, list_attacks, load_sp
 from backdoor_audit.attacks.adaptive_reg import preactivation_gap, preactivation_sites
 from backdoor_audit.attacks.bn_reparam import benign_bn_statistics, reparameterize_batchnorm
 from backdoor_audit.attacks.run import run_attack
-from backdoor_audit.attacks.train import TrainSettings, augment_batch
+from backdoor_audit.training.train import TrainSettings, augment_batch
 from backdoor_audit.data import ImageSet, demo_sample_path, load_images
 from backdoor_audit.errors import SpecError
 from backdoor_audit.export.from_torch import export_torch_model

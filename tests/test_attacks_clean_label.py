@@ -15,7 +15,7 @@ import torch
 from backdoor_audit.attacks import ATTACK_SPEC_KEY, AttackSpec, get_attack, list_attacks, load_spec
 from backdoor_audit.attacks.registry import Attack
 from backdoor_audit.attacks.run import TRAINING_KEY, run_attack
-from backdoor_audit.attacks.train import TrainSettings, predict
+from backdoor_audit.training.train import TrainSettings, predict
 from backdoor_audit.data import ImageSet, demo_sample_path, load_images
 from backdoor_audit.data.sample import sample
 from backdoor_audit.errors import DataError, SpecError

@@ -13,7 +13,7 @@ import torch
 from backdoor_audit.attacks import AttackSpec, get_attack, list_attacks, load_spec
 from backdoor_audit.attacks.iab_generator import TriggerGenerator, pack_generators, triggered
 from backdoor_audit.attacks.run import run_attack
-from backdoor_audit.attacks.train import TrainSettings
+from backdoor_audit.training.train import TrainSettings
 from backdoor_audit.data import demo_sample_path, load_images
 from backdoor_audit.errors import SpecError
 from backdoor_audit.models import build_model

@@ -43,7 +43,7 @@ def assert_one_line_error(res, *needles):
 
 
 def _repair(model, data, out):
-    return run("repair", model, "--data", data, "--out", out, "--iterations", 2)
+    return run("repair", model, "--data", data, "--out", out, "--param", "iterations=2")
 
 
 def test_not_an_onnx_file(tmp_path, clean_npz):
@@ -131,7 +131,7 @@ def test_unknown_method_and_bad_option(tmp_path, mnist_model, clean_npz):
     assert_one_line_error(run("repair", mnist_model, "--data", clean_npz, "--out", tmp_path / "o.onnx",
                               "--method", "magic"), "unknown repair method 'magic'")
     assert_one_line_error(run("repair", mnist_model, "--data", clean_npz, "--out", tmp_path / "o.onnx",
-                              "--iterations", 2, "--alpha", 3), "alpha")
+                              "--param", "iterations=2", "--param", "alpha=3"), "alpha")
     assert not (tmp_path / "o.onnx").exists()
 
 
@@ -145,14 +145,14 @@ def test_attack_bad_input(tmp_path, clean_npz):
     assert_one_line_error(run_("attack", "badnets", "--data", clean_npz, "--out", out, "--arch", "vgg-99"), "vgg-99")
     assert_one_line_error(run_("attack", "badnets", "--data", clean_npz, "--out", out, "--rate", 1.5), "rate")
     assert_one_line_error(run_("attack", "badnets", "--data", clean_npz, "--out", out, "--target", 12), "target")
-    assert_one_line_error(run_("attack", "badnets", "--data", clean_npz, "--out", out, "--size", 40), "40")
+    assert_one_line_error(run_("attack", "badnets", "--data", clean_npz, "--out", out, "--param", "size=40"), "40")
     assert not out.exists()
 
 
 @pytest.mark.parametrize("args, message", [
     (("sig", "--mode", "all-to-all"), "clean-label"),
     (("clb", "--rate", 0), "rate"),
-    (("trojannn", "--size", 40), "40"),
+    (("trojannn", "--param", "size=40"), "40"),
     (("wanet", "--param", "k=1"), "k"),
     (("blend", "--param", "alpha=2"), "alpha"),
     (("input-aware", "--param", "colour=red"), "no parameter"),

@@ -19,7 +19,7 @@ from backdoor_audit.data import (
     load_images,
 )
 from backdoor_audit.errors import DataError
-from backdoor_audit.export.atomic import atomic_output, atomic_write_bytes
+from backdoor_audit.util import atomic_output, atomic_write_bytes
 
 RNG = np.random.default_rng(0)
 X8 = RNG.integers(0, 256, size=(6, 8, 8, 3), dtype=np.uint8)  # NHWC

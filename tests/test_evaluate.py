@@ -10,9 +10,9 @@ import pytest
 
 from backdoor_audit.attacks import AttackSpec, get_attack, load_spec
 from backdoor_audit.attacks.run import TRAINING_KEY, run_attack
-from backdoor_audit.attacks.train import TrainSettings
-from backdoor_audit.attacks.train import predict
-from backdoor_audit.audit.evaluate import evaluate
+from backdoor_audit.training.train import TrainSettings
+from backdoor_audit.training.train import predict
+from backdoor_audit.evaluation.evaluate import evaluate
 from backdoor_audit.data import ImageSet, Preprocess, defender_split, demo_sample_path, fit_preprocess, load_images
 from backdoor_audit.errors import DataError, ModelError, SpecError
 from backdoor_audit.export.session import available_providers, make_session, run_logits

@@ -130,10 +130,10 @@ def test_batch_statistics_mode_matches_torch_training_mode(tmp_path, cifar_image
         expected = train_model(x).numpy()
     model.eval()
     before = {n: t.detach().clone() for n, t in ex.named_initializers()}
-    ex.batchnorm_batch_stats(True)
+    previous = ex.batchnorm_mode("batch")
     with torch.no_grad():
         got = ex(x).numpy()
-    ex.batchnorm_batch_stats(False)
+    ex.batchnorm_mode(previous)
     assert np.abs(got - expected).max() <= 1e-4
     assert all(torch.equal(before[n], t) for n, t in ex.named_initializers())
     with torch.no_grad():

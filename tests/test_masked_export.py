@@ -14,7 +14,8 @@ from backdoor_audit.export.masked import mask_writes
 from backdoor_audit.export.session import make_session
 from backdoor_audit.export.surgery import PROVENANCE_KEY, provenance, write_with_provenance
 from backdoor_audit.graph.executor import load_executor
-from backdoor_audit.graph.load import load_model, sha256_file
+from backdoor_audit.graph.load import load_model
+from backdoor_audit.util import sha256_file
 from backdoor_audit.graph.modulate import Modulation
 from backdoor_audit.graph.neurons import build_inventory
 

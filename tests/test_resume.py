@@ -8,8 +8,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from backdoor_audit.attacks import get_attack, resume
-from backdoor_audit.attacks.train import TrainSettings, train_classifier
+from backdoor_audit.attacks import get_attack
+from backdoor_audit.training import resume
+from backdoor_audit.training.train import TrainSettings, train_classifier
 from backdoor_audit.cli import main
 from backdoor_audit.data import demo_sample_path, load_images
 from backdoor_audit.errors import DataError

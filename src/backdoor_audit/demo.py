@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .attacks.run import run_attack
-from .attacks.train import TrainSettings
+from .training.train import TrainSettings
 from .attacks.spec import AttackSpec
-from .audit.evaluate import EvalResult, evaluate
+from .evaluation.evaluate import EvalResult, evaluate
 from .audit.scan import ScanReport, scan_model
 from .data import demo_sample_path, load_images
 from .graph.load import load_model
-from .graph.model import model_preprocess
+from .inputs import model_preprocess
 from .repair.run import RepairReport, repair_model
 
 DEMO_SPEC = dict(attack="badnets", mode="all-to-one", target=0, num_classes=10,

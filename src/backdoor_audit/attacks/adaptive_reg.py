@@ -43,9 +43,9 @@ from torch import nn
 from ..data.images import ImageSet
 from ..errors import DataError, SpecError
 from .badnets import BadNets
-from .params import float_param
+from ..options import float_param
 from .registry import register_attack
-from .train import TrainSettings, train_classifier
+from ..training.train import TrainSettings, train_classifier
 
 DEFAULT_LAMBDA = 0.01
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SpecError
-from .params import int_param
+from ..options import int_param
 from .registry import Attack, register_attack
 
 CORNERS = ("bottom-right", "top-left", "top-right", "bottom-left")

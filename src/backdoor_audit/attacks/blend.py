@@ -25,7 +25,7 @@ import numpy as np
 
 from ..data.images import ImageSet
 from ..errors import SpecError
-from .params import float_param
+from ..options import float_param
 from .registry import Attack, register_attack
 
 

@@ -39,7 +39,7 @@ from ..data.images import ImageSet
 from ..errors import DataError, SpecError
 from .badnets import BadNets
 from .registry import register_attack
-from .train import TrainSettings
+from ..training.train import TrainSettings
 
 
 @register_attack("bn-reparam")

@@ -51,10 +51,10 @@ from torch import nn
 
 from ..data.images import ImageSet
 from ..errors import DataError, SpecError
-from .params import float_param, int_param
+from ..options import float_param, int_param
 from .registry import Attack, register_attack
-from .resume import aside, stage
-from .train import TrainSettings, train_classifier
+from ..training.resume import aside, stage
+from ..training.train import TrainSettings, train_classifier
 
 PATTERNS = ("checkerboard", "turner")
 _TURNER_LEFT = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 1]], dtype=np.float32)

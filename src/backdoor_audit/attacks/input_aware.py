@@ -43,10 +43,10 @@ from torch import nn
 from ..data.images import ImageSet
 from ..errors import DataError, SpecError
 from .iab_generator import EPS, TriggerGenerator, pack_generators, threshold, triggered, unpack_generators
-from .params import float_param, int_param
+from ..options import float_param, int_param
 from .registry import Attack, register_attack
-from .resume import load_checkpoint, save_checkpoint
-from .train import AUGMENTS, SCHEDULES, TrainSettings, _check_label_range, augment_batch, make_scheduler
+from ..training.resume import load_checkpoint, save_checkpoint
+from ..training.train import AUGMENTS, SCHEDULES, TrainSettings, check_label_range, augment_batch, make_scheduler
 
 _CHUNK = 256  # images triggered at once by ``apply``
 
@@ -139,7 +139,7 @@ class InputAware(Attack):
         x_all = torch.from_numpy(np.ascontiguousarray(clean.x, dtype=np.float32)).to(device)
         y_all = torch.from_numpy(clean.y.astype(np.int64)).to(device)
         eligible = torch.from_numpy(self.eligible(clean.y)).to(device)
-        _check_label_range(model, x_all, clean)
+        check_label_range(model, x_all, clean)
 
         bs, n = settings.batch_size, len(clean)
         steps = math.ceil(n / bs)

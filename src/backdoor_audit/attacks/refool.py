@@ -60,10 +60,10 @@ from torch import nn
 
 from ..data.images import ImageSet
 from ..errors import SpecError
-from .params import float_param, int_param
+from ..options import float_param, int_param
 from .registry import Attack, register_attack
-from .resume import stage
-from .train import TrainSettings, predict, train_classifier
+from ..training.resume import stage
+from ..training.train import TrainSettings, predict, train_classifier
 
 
 @register_attack("refool")

@@ -21,7 +21,7 @@ from torch import nn
 from ..data.images import ImageSet
 from ..errors import SpecError
 from .spec import AttackSpec
-from .train import TrainSettings, train_classifier
+from ..training.train import TrainSettings, train_classifier
 
 _ATTACKS: dict[str, type["Attack"]] = {}
 

@@ -24,13 +24,13 @@ from ..data.loading import data_digest, list_splits, load_images
 from ..data.preprocess import PREPROCESS_KEY, Preprocess
 from ..data.splits import defender_split
 from ..errors import SpecError
-from ..export.atomic import atomic_output
 from ..export.from_torch import export_torch_model
 from ..models import build_model
-from . import resume
+from ..util import atomic_output
+from ..training import resume
 from .registry import Attack, get_attack
 from .spec import ATTACK_SPEC_KEY, AttackSpec
-from .train import TrainSettings, predict, train_classifier
+from ..training.train import TrainSettings, predict, train_classifier
 
 TRAINING_KEY = "backdoor_audit.training"
 CLEAN = "clean"  # the name that trains a model without an attack

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SpecError
-from .params import float_param
+from ..options import float_param
 from .registry import Attack, register_attack
 
 

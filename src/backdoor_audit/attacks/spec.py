@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import ModelError, SpecError
 from ..jsonobj import parse_json_object
+from ..util import first_line
 
 ATTACK_SPEC_KEY = "backdoor_audit.attack_spec"
 MODES = ("all-to-one", "all-to-all")
@@ -125,8 +126,7 @@ def _spec_text_from_onnx(p: Path) -> str:
     try:
         model = onnx.load(str(p), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError and friends
-        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelError(f"{p} is not a readable ONNX model: {why}") from None
+        raise ModelError(f"{p} is not a readable ONNX model: {first_line(exc)}") from None
     for prop in model.metadata_props:
         if prop.key == ATTACK_SPEC_KEY:
             return prop.value

@@ -43,10 +43,11 @@ from torch import nn
 
 from ..data.images import ImageSet
 from ..errors import DataError, SpecError
-from .params import float_param, int_param
+from ..util import first_line
+from ..options import float_param, int_param
 from .registry import Attack, register_attack
-from .resume import aside, stage
-from .train import TrainSettings, train_classifier
+from ..training.resume import aside, stage
+from ..training.train import TrainSettings, train_classifier
 
 CORNERS = ("bottom-right", "top-left", "top-right", "bottom-left")
 PROBE_STEPS = 50  # optimisation steps of the patches that rank the candidate neurons
@@ -214,7 +215,7 @@ class TrojanNN(Attack):
                 self._trigger = self._parse_trigger(state["trigger"])
             except (RuntimeError, SpecError) as exc:
                 raise DataError(f"the trojan stage of {settings.checkpoint} does not fit this model: "
-                                f"{str(exc).splitlines()[0]}") from None
+                                f"{first_line(exc)}") from None
             self.params.update(trigger=state["trigger"], neuron_idx=state["info"]["neurons"])
         clean_log = state["clean_log"]
         start = time.perf_counter()

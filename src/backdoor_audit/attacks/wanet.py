@@ -35,9 +35,9 @@ from torch import nn
 
 from ..data.images import ImageSet
 from ..errors import SpecError
-from .params import float_param, int_param
+from ..options import float_param, int_param
 from .registry import Attack, register_attack
-from .train import TrainSettings, train_classifier
+from ..training.train import TrainSettings, train_classifier
 
 _CHUNK = 1024  # images warped at once
 

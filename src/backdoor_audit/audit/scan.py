@@ -23,9 +23,9 @@ import numpy as np
 
 from ..data import ImageSet
 from ..errors import DataError
+from ..graph.masks import optimize_masks
 from ..graph.model import accuracy, open_model
-from ..repair.anp import optimize_masks
-from ..repair.base import RepairContext
+from ..inputs import fit_images
 from .probe import ProbePoint, perturbation_probe
 
 # first, uncalibrated settings (docs/scan.md records what they were chosen on)
@@ -85,21 +85,20 @@ def scan_model(model_path, clean: ImageSet, *, eps_list=(0.1, 0.2, 0.3, 0.4), pr
                progress: bool = False) -> ScanReport:
     t0 = time.perf_counter()
     m = open_model(model_path, device)
-    pre = m.preprocess_for(clean, layout=layout, mean=mean, std=std)
+    fitted = fit_images(m.proto, clean, m.executor.device, layout=layout, mean=mean, std=std)
     num_classes = clean.num_classes
     if len(clean) < num_classes:
         raise DataError(f"{clean.source}: {len(clean)} clean images for {num_classes} classes; "
                         "the scan needs at least one image per class")
-    x, y = m.tensors(clean, pre)
+    x, y = fitted.x, fitted.y
     findings = graph_findings(m.proto)
     bar = _bar(progress, len(eps_list) * probe_steps + mask_iterations)
     tick = (lambda *_: bar.update(1)) if bar else None
     try:
         points = perturbation_probe(m.executor, m.inventory, x, y, num_classes, eps_list=eps_list,
                                     steps=probe_steps, seed=seed, callback=tick)
-        ctx = RepairContext(m.executor, m.inventory, x, y, seed=seed)
-        mod, _ = optimize_masks(ctx, eps=0.4, alpha=0.2, lr=0.2, momentum=0.9,
-                                iterations=mask_iterations, batch_size=128, callback=tick)
+        mod, _ = optimize_masks(m.executor, m.inventory, x, y, eps=0.4, alpha=0.2, lr=0.2, momentum=0.9,
+                                iterations=mask_iterations, batch_size=128, seed=seed, callback=tick)
     finally:
         if bar:
             bar.close()

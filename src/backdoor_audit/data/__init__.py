@@ -2,7 +2,7 @@
 
 from .assets import demo_sample_path
 from .images import ImageSet
-from .loading import list_splits, load_images
+from .loading import list_splits, load_defender_images, load_images
 from .preprocess import PREPROCESS_KEY, Preprocess, fit_preprocess
 from .splits import defender_split, holdout_split
 
@@ -15,5 +15,6 @@ __all__ = [
     "fit_preprocess",
     "holdout_split",
     "list_splits",
+    "load_defender_images",
     "load_images",
 ]

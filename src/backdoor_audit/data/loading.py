@@ -17,8 +17,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
-from ..export.atomic import atomic_output
-from ..graph.load import sha256_file
+from ..util import atomic_output, sha256_file
 from .images import ImageSet
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
@@ -56,6 +55,18 @@ def load_images(
     if suffix == ".zip":
         return _load_cached(p, split, limit, cache_dir, lambda: _load_zip(p, split, limit))
     raise DataError(f"data file {p} has unknown extension {p.suffix!r} (expected .npz, .zip or a folder)")
+
+
+EVALUATION_SPLITS = ("test",)
+
+
+def load_defender_images(path: str | os.PathLike, split: str | None = None, **options) -> ImageSet:
+    """``load_images`` for the defender's side (repair, scan): the test split is evaluation data,
+    which no defence or detector may see, so asking for it is refused."""
+    if split is not None and split.strip().lower() in EVALUATION_SPLITS:
+        raise DataError(f"--split {split} is evaluation data: repair and scan see only the defender's clean "
+                        "images (a clean set of their own, or the train split)")
+    return load_images(path, split=split, **options)
 
 
 # --------------------------------------------------------------------------- npz

@@ -41,6 +41,19 @@ class Preprocess:
             x = x.transpose(0, 2, 3, 1)
         return np.ascontiguousarray(x, dtype=np.float32)
 
+    def torch(self, x_nchw01):
+        """The same as :meth:`apply` on a torch tensor, differentiable: methods that optimise in
+        pixel space (trigger reverse engineering, unlearning) go through it to the model input."""
+        import torch
+
+        x = x_nchw01.to(torch.float32)
+        if self.mean is not None or self.std is not None:
+            c = x.shape[1]
+            mean = torch.tensor(self.mean if self.mean is not None else (0.0,) * c, dtype=x.dtype, device=x.device)
+            std = torch.tensor(self.std if self.std is not None else (1.0,) * c, dtype=x.dtype, device=x.device)
+            x = (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+        return x.permute(0, 2, 3, 1).contiguous() if self.layout == "NHWC" else x
+
     def to_json(self) -> str:
         """JSON text as stored in model metadata."""
         return json.dumps(

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
-from .atomic import atomic_write_bytes
+from ..util import atomic_write_bytes, first_line
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -71,7 +71,7 @@ def export_torch_model(
     try:
         onnx.checker.check_model(proto, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise ModelError(f"exported model for {path} fails the ONNX check: {_first_line(exc)}") from None
+        raise ModelError(f"exported model for {path} fails the ONNX check: {first_line(exc)}") from None
     return atomic_write_bytes(path, proto.SerializeToString())
 
 
@@ -100,7 +100,7 @@ def _export_dynamo(
         except Exception as exc:  # the exporter raises many types; report the first failure
             error = error or exc
     else:
-        raise ModelError(f"torch.onnx.export (dynamo) failed for {type(net).__name__}: {_first_line(error)}")
+        raise ModelError(f"torch.onnx.export (dynamo) failed for {type(net).__name__}: {first_line(error)}")
     proto = program.model_proto
     if keep_batchnorm:
         proto = _fold_constants(proto)
@@ -137,7 +137,7 @@ def _export_legacy(
             training=torch.onnx.TrainingMode.PRESERVE if keep_batchnorm else torch.onnx.TrainingMode.EVAL,
         )
     except Exception as exc:  # the exporter raises many types
-        raise ModelError(f"torch.onnx.export (legacy) failed for {type(net).__name__}: {_first_line(exc)}") from None
+        raise ModelError(f"torch.onnx.export (legacy) failed for {type(net).__name__}: {first_line(exc)}") from None
     return onnx.load_from_string(buffer.getvalue())
 
 
@@ -163,7 +163,3 @@ def _quiet() -> Iterator[None]:
     finally:
         logging.disable(previous)
 
-
-def _first_line(exc: BaseException | None) -> str:
-    text = str(exc).strip() if exc is not None else ""
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -7,6 +7,8 @@ kept; for a BN unit its scale gamma is zeroed and its shift beta kept.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx
 
@@ -18,7 +20,11 @@ SEMANTICS = ("keep-bias", "zero-bias")
 
 
 def mask_writes(model: onnx.ModelProto, inventory: NeuronInventory, masks: dict[str, np.ndarray],
-                semantics: str = "keep-bias") -> list[Write]:
+                semantics: str = "keep-bias", base: Callable[[str], np.ndarray] | None = None) -> list[Write]:
+    """Writes that zero the pruned neurons of ``masks`` (layer -> 0/1 per neuron). ``base(name)``
+    gives the value a mask applies to (default: the initializer in ``model``); a method that also
+    re-weights a layer passes its new values, so the two combine instead of overwriting."""
+    base = base or (lambda name: initializer_array(model, name))
     if semantics not in SEMANTICS:
         raise SpecError(f"unknown pruning semantics '{semantics}' (choose from {', '.join(SEMANTICS)})")
     writes = []
@@ -29,10 +35,10 @@ def mask_writes(model: onnx.ModelProto, inventory: NeuronInventory, masks: dict[
             raise SpecError(f"mask for layer '{name}' has {keep.size} entries, the layer has {layer.size} neurons")
         if keep.all():
             continue
-        w = initializer_array(model, layer.weight)
+        w = base(layer.weight)
         writes.append(Write(layer.weight_reader, layer.weight_input, layer.weight,
                             w * keep.reshape(weight_view_shape(layer, w.ndim)).astype(w.dtype)))
         if semantics == "zero-bias" and layer.bias is not None:
-            b = initializer_array(model, layer.bias)
+            b = base(layer.bias)
             writes.append(Write(layer.bias_node, layer.bias_input, layer.bias, b * keep.astype(b.dtype)))
     return writes

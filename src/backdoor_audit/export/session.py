@@ -11,6 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..errors import ModelError
+from ..util import first_line
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -60,7 +61,7 @@ def make_session(path: str | os.PathLike, providers: list[str] | None = None) ->
     try:
         return ort.InferenceSession(str(p), sess_options=options, providers=providers or available_providers())
     except Exception as exc:  # onnxruntime raises its own pybind exception types
-        raise ModelError(f"onnxruntime cannot load {p}: {_first_line(exc)}") from None
+        raise ModelError(f"onnxruntime cannot load {p}: {first_line(exc)}") from None
 
 
 def run_logits(
@@ -97,13 +98,9 @@ def run_logits(
             outputs.append(session.run(None, {name: batch})[0][:n])
         except Exception as exc:  # onnxruntime raises its own pybind exception types
             raise ModelError(
-                f"onnxruntime failed on input {name!r} with a batch of shape {list(batch.shape)}: {_first_line(exc)}"
+                f"onnxruntime failed on input {name!r} with a batch of shape {list(batch.shape)}: {first_line(exc)}"
             ) from None
     if not outputs:
         return np.zeros((0, 0), dtype=np.float32)
     return np.concatenate(outputs, axis=0)
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -26,7 +26,7 @@ import onnx_graphsurgeon as gs
 from .. import __version__
 from ..errors import ModelError
 from ..graph.load import node_names
-from .atomic import atomic_output
+from ..util import atomic_output, first_line
 
 PROVENANCE_KEY = "backdoor_audit.provenance"
 
@@ -112,8 +112,7 @@ def check_model(model: onnx.ModelProto, what: str = "written model") -> None:
         onnx.checker.check_model(model, full_check=True)
         onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{what} fails the ONNX checker: {first}") from None
+        raise ModelError(f"{what} fails the ONNX checker: {first_line(exc)}") from None
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:

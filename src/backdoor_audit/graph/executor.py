@@ -19,10 +19,12 @@ from onnx import numpy_helper
 from torch import nn
 
 from ..errors import ModelError, UnsupportedOpError
+from ..util import first_line
 from .load import image_input, node_names, opset_version
 from .ops import OPS, NodeCtx
 
 Modulator = Callable[[torch.Tensor], torch.Tensor]
+BN_MODES = ("running", "batch", "update")
 
 
 @dataclass
@@ -69,6 +71,8 @@ class OnnxExecutor(nn.Module):
         self.output_names = [o.name for o in graph.output]
         self.weights = nn.ParameterList()
         self._slots: dict[str, tuple[str, object]] = {}
+        self.initializer_names = [init.name for init in graph.initializer]
+        self._bn_mode = "running"
         for init in graph.initializer:
             tensor = torch.from_numpy(np.array(numpy_helper.to_array(init)))
             self._store(init.name, tensor)
@@ -126,6 +130,23 @@ class OnnxExecutor(nn.Module):
         for name in self._slots:
             yield name, self.value(name)
 
+    def batchnorm_statistics(self) -> set[str]:
+        """Names of the initializers that are BatchNormalization running means and variances."""
+        return {n.inputs[k] for n in self.nodes if n.ctx.op_type == "BatchNormalization"
+                for k in (3, 4) if len(n.inputs) > k and n.inputs[k]}
+
+    def trainable_weights(self) -> dict[str, nn.Parameter]:
+        """The float initializers an optimiser may train, by ONNX name: every float initializer
+        but BatchNormalization running statistics (which a forward pass in ``"update"`` mode moves,
+        never a gradient) and folded Constant nodes (not weights of the file's initializer table)."""
+        stats = self.batchnorm_statistics()
+        out = {}
+        for name in self.initializer_names:
+            kind, ref = self._slots[name]
+            if kind == "w" and name not in stats:
+                out[name] = self.weights[ref]
+        return out
+
     def requires_grad_weights(self, flag: bool = True) -> "OnnxExecutor":
         for p in self.weights:
             p.requires_grad_(flag)
@@ -135,13 +156,25 @@ class OnnxExecutor(nn.Module):
     def device(self) -> torch.device:
         return self.weights[0].device if len(self.weights) else torch.device("cpu")
 
-    def batchnorm_batch_stats(self, flag: bool) -> None:
-        """Normalise BatchNormalization inputs with the batch's own statistics (PyTorch's training
-        mode, running statistics left untouched) instead of the stored ones. The ANP authors'
-        code optimises masks this way; the file itself always runs with the stored statistics."""
+    def batchnorm_mode(self, mode: str) -> str:
+        """How BatchNormalization nodes normalise; returns the mode it replaces.
+
+        ``"running"``: with the stored statistics (eval semantics, what the file computes).
+        ``"batch"``: with each batch's own statistics, the stored ones untouched (PyTorch's training
+        mode without the update; the ANP authors optimise masks this way).
+        ``"update"``: with batch statistics, and the stored running mean and variance updated after
+        each forward pass with the node's ``momentum`` (ONNX: running = running * momentum + batch *
+        (1 - momentum); the variance as PyTorch keeps it, unbiased), as fine-tuning in train mode
+        does. A method that updates them returns their new values as initializer writes.
+        """
+        if mode not in BN_MODES:
+            raise ValueError(f"batchnorm mode must be one of {', '.join(BN_MODES)}, got {mode!r}")
+        previous = self._bn_mode
         for node in self.nodes:
             if node.ctx.op_type == "BatchNormalization":
-                node.ctx.attrs["_batch_stats"] = bool(flag)
+                node.ctx.attrs["_bn_mode"] = mode
+        self._bn_mode = mode
+        return previous
 
     # -- modulators -----------------------------------------------------------------------
     def set_modulator(self, node: str, input_index: int, fn: Modulator | None) -> None:
@@ -178,9 +211,8 @@ class OnnxExecutor(nn.Module):
                 raise
             except RuntimeError as exc:
                 shapes = ", ".join(str(tuple(a.shape)) if isinstance(a, torch.Tensor) else "-" for a in args)
-                msg = str(exc).strip().splitlines()[0]
                 raise ModelError(f"{self.source}: node '{node.ctx.name}' ({node.ctx.op_type}) failed on "
-                                 f"inputs of shape {shapes}: {msg}") from None
+                                 f"inputs of shape {shapes}: {first_line(exc)}") from None
             outs = out if isinstance(out, tuple) else (out,)
             for name, t in zip(node.outputs, outs):
                 if name:

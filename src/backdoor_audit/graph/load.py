@@ -6,7 +6,6 @@ model's folder (a location such as ``../../etc/passwd`` is refused before anythi
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -14,14 +13,7 @@ import onnx
 from onnx import external_data_helper
 
 from ..errors import ModelError
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+from ..util import first_line
 
 
 def external_data_locations(model: onnx.ModelProto) -> list[str]:
@@ -66,8 +58,7 @@ def load_model(path: str | os.PathLike, check: bool = True) -> onnx.ModelProto:
         try:
             onnx.checker.check_model(model)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"{path}: fails the ONNX checker: {first}") from None
+            raise ModelError(f"{path}: fails the ONNX checker: {first_line(exc)}") from None
     return model
 
 

@@ -1,17 +1,19 @@
-"""A suspect model opened once: the checked proto, its executor, inventory and input contract."""
+"""A suspect model opened once: the checked proto, its executor, inventory and file hash.
+
+How data is fitted to it (preprocessing, tensors) lives in ``backdoor_audit.inputs``, above both
+``graph`` and ``data``, so that neither of the two imports the other."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 
-from ..data import ImageSet, Preprocess, fit_preprocess
+from ..util import sha256_file
 from .executor import OnnxExecutor, pick_device
-from .load import image_input, input_dims, load_model, metadata, sha256_file
+from .load import load_model
 from .neurons import NeuronInventory, build_inventory
 
 
@@ -22,23 +24,6 @@ class OpenedModel:
     executor: OnnxExecutor
     inventory: NeuronInventory
     sha256: str
-
-    def preprocess_for(self, images: ImageSet, layout=None, mean=None, std=None) -> Preprocess:
-        """Check that ``images`` fit the model input (DataError otherwise) and pick preprocessing."""
-        return model_preprocess(self.proto, images, layout=layout, mean=mean, std=std)
-
-    def tensors(self, images: ImageSet, pre: Preprocess) -> tuple[torch.Tensor, torch.Tensor]:
-        """Model-ready inputs and labels on the executor's device."""
-        dev = self.executor.device
-        x = torch.from_numpy(np.ascontiguousarray(pre.apply(images.x))).to(dev)
-        return x, torch.from_numpy(images.y.astype(np.int64)).to(dev)
-
-
-def model_preprocess(proto: onnx.ModelProto, images: ImageSet, layout=None, mean=None, std=None) -> Preprocess:
-    """Preprocessing for feeding ``images`` to ``proto``'s input: explicit options, else the
-    model's metadata, else its input shape; DataError before any work when they do not fit."""
-    return fit_preprocess(images, input_dims(proto), layout=layout, mean=mean, std=std,
-                          metadata=metadata(proto), input_name=image_input(proto).name)
 
 
 def open_model(path, device=None) -> OpenedModel:

@@ -43,12 +43,21 @@ class Layer:
     normalises: str | None = None  # bn: the conv/linear it follows
     head: bool = False
     weight_node: str | None = None  # node whose input slot reads the weight, when not this one
+    mean: str | None = None  # bn: initializer of the running mean
+    var: str | None = None  # bn: initializer of the running variance
 
     @property
     def weight_reader(self) -> str:
         """The node that reads the weight initializer at ``weight_input`` (this layer, or the
         Transpose in front of a MatMul in unfolded legacy exports)."""
         return self.weight_node or self.name
+
+    @property
+    def tensors(self) -> dict[str, str]:
+        """The initializers this layer's neurons own, by role: weight, bias, and for BN the running
+        mean and variance (roles without an initializer left out)."""
+        roles = {"weight": self.weight, "bias": self.bias, "mean": self.mean, "var": self.var}
+        return {role: name for role, name in roles.items() if name is not None}
 
     def neuron_ids(self) -> list[tuple[str, int]]:
         return [(self.name, k) for k in range(self.size)]
@@ -222,7 +231,9 @@ def _weight_layer(ix: _GraphIndex, i: int) -> Layer | None:
         if s is None:
             return None
         b = ix.initializer(node.input[2])
-        return Layer(name, op, "bn", ix.dims(s)[0], s, 1, 0, b, name if b else None, 2 if b else None)
+        mean, var = (ix.initializer(node.input[k]) if len(node.input) > k else None for k in (3, 4))
+        return Layer(name, op, "bn", ix.dims(s)[0], s, 1, 0, b, name if b else None, 2 if b else None,
+                     mean=mean, var=var)
     return None
 
 

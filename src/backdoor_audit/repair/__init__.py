@@ -1,6 +1,6 @@
-"""Defence methods behind one contract (see base.py); one file and one line per method."""
+"""Defence methods behind one contract (see base.py); one file and one import line per method."""
 
-from .base import METHODS, RepairContext, RepairResult, get_method, register_method
+from .base import METHODS, RepairContext, RepairResult, register_method
 from . import anp  # noqa: F401  (registers "anp")
 
-__all__ = ["METHODS", "RepairContext", "RepairResult", "get_method", "register_method"]
+__all__ = ["METHODS", "RepairContext", "RepairResult", "register_method"]

@@ -1,33 +1,73 @@
 """The one contract every defence method follows.
 
-A method sees a ``RepairContext``: the suspect model as an executor, its neuron inventory and
-the defender's small clean set (already preprocessed), nothing else: no test data, no
-trigger, no attack spec, no target class. It returns a ``RepairResult``: 0/1 masks under a
-pruning semantics and/or new initializer values, plus a log. Export and evaluation are
-separate steps.
+A method sees a ``RepairContext``: the suspect model as an executor, its neuron inventory and the
+defender's data, nothing else: no test data, no trigger, no attack spec, no target class (the
+package imports nothing of ``attacks`` or ``evaluation``; tests/test_layering.py enforces it). It
+returns a ``RepairResult``: 0/1 masks under a pruning semantics and/or new initializer values,
+plus a log. Export and evaluation are separate steps.
+
+Methods register in ``METHODS`` with their option schema (``backdoor_audit.options``) and the data
+they need: ``labeled`` clean images, ``unlabeled`` images, the ``train`` data, or ``none``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
+from ..data import Preprocess
 from ..errors import SpecError
 from ..graph.executor import OnnxExecutor
 from ..graph.neurons import NeuronInventory
+from ..options import Option, Registry
+
+METHODS = Registry("repair method")
 
 
 @dataclass
 class RepairContext:
+    """What a defence method may use.
+
+    ``x``/``y``: the defender's labeled clean images as model input and their labels (on the
+    executor's device), ``raw`` the same images as pixels (float NCHW in [0, 1]) and ``preprocess``
+    the differentiable step from pixels to model input (``preprocess(raw)`` equals ``x``). With
+    unlabeled data ``y`` is None; in data-free mode ``x``, ``y`` and ``raw`` are all None.
+    ``unlabeled``: further images without labels (pixels), where the defender has them.
+    """
+
     executor: OnnxExecutor
     inventory: NeuronInventory
-    x: torch.Tensor  # the defender's clean images, as model input, on the executor's device
-    y: torch.Tensor  # their labels
+    x: torch.Tensor | None = None
+    y: torch.Tensor | None = None
+    raw: torch.Tensor | None = None
+    preprocessing: Preprocess = field(default_factory=Preprocess)
+    unlabeled: torch.Tensor | None = None
     seed: int = 0
     progress: bool = False
+
+    @property
+    def data_free(self) -> bool:
+        return self.x is None and self.unlabeled is None
+
+    def preprocess(self, raw: torch.Tensor) -> torch.Tensor:
+        """Pixels (float NCHW in [0, 1]) to model input, differentiable."""
+        return self.preprocessing.torch(raw)
+
+    def labeled(self, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y), or SpecError naming ``method`` when the defender gave no labeled images."""
+        if self.x is None or self.y is None:
+            raise SpecError(f"repair method '{method}' needs labeled clean images (--data with labels)")
+        return self.x, self.y
+
+    def trainable(self) -> dict[str, nn.Parameter]:
+        """The weights an optimiser may train, by initializer name (BN running statistics and
+        folded constants left out; see ``OnnxExecutor.trainable_weights``)."""
+        return self.executor.trainable_weights()
 
 
 @dataclass
@@ -37,7 +77,7 @@ class RepairResult:
     masks: dict[str, np.ndarray] | None = None  # layer -> 0/1 per neuron (pruned = 0)
     semantics: str = "keep-bias"
     scores: dict[str, np.ndarray] | None = None  # layer -> continuous score (e.g. ANP mask values)
-    new_weights: dict[str, np.ndarray] | None = None  # initializer name -> new value
+    new_weights: dict[str, np.ndarray] | None = None  # initializer name -> new value (masks apply on top)
     log: dict[str, Any] = field(default_factory=dict)
 
     def pruned(self) -> list[tuple[str, int]]:
@@ -48,50 +88,7 @@ class RepairResult:
         return out
 
 
-@dataclass(frozen=True)
-class MethodInfo:
-    name: str
-    run: Callable[..., RepairResult]
-    defaults: dict[str, Any]
-    summary: str
-
-
-METHODS: dict[str, MethodInfo] = {}
-
-
-def register_method(name: str, defaults: dict[str, Any], summary: str):
-    """Register ``run(ctx, **options) -> RepairResult`` under ``name`` (one line per method)."""
-
-    def deco(fn):
-        METHODS[name] = MethodInfo(name, fn, dict(defaults), summary)
-        return fn
-
-    return deco
-
-
-def get_method(name: str) -> MethodInfo:
-    if name not in METHODS:
-        raise SpecError(f"unknown repair method '{name}' (known: {', '.join(sorted(METHODS))})")
-    return METHODS[name]
-
-
-def resolve_options(info: MethodInfo, options: dict[str, Any]) -> dict[str, Any]:
-    """The method's defaults overridden by the given options; unknown keys are an error."""
-    unknown = sorted(set(options) - set(info.defaults))
-    if unknown:
-        raise SpecError(f"method '{info.name}' has no option {', '.join(unknown)} "
-                        f"(options: {', '.join(sorted(info.defaults))})")
-    merged = dict(info.defaults)
-    merged.update({k: v for k, v in options.items() if v is not None})
-    return merged
-
-
-def batches(n: int, batch_size: int, generator: torch.Generator):
-    """Endless mini-batch indices: a fresh seeded permutation each pass over the data."""
-    while True:
-        perm = torch.randperm(n, generator=generator)
-        for i in range(0, n, batch_size):
-            idx = perm[i:i + batch_size]
-            if len(idx) < min(batch_size, n):
-                break  # drop the ragged tail so every step sees a full batch
-            yield idx
+def register_method(name: str, *, summary: str, source: str, needs: str | tuple[str, ...],
+                    options: list[Option]) -> Callable[[Callable[..., RepairResult]], Callable[..., RepairResult]]:
+    """Register ``run(ctx, **options) -> RepairResult`` under ``name`` with its option schema."""
+    return METHODS.register(name, summary=summary, source=source, needs=needs, options=options)

@@ -1,10 +1,9 @@
-"""Repair a model file end to end: open, run a method on the defender's clean set, write back
-by graph surgery, and prove the written file computes what the repaired executor computes."""
+"""Repair a model file end to end: open, run a method on the defender's data, write back by graph
+surgery, and prove the written file computes what the repaired executor computes."""
 
 from __future__ import annotations
 
 import json
-import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +16,16 @@ from ..errors import DataError, ModelError, SpecError
 from ..export.masked import mask_writes
 from ..export.session import make_session, run_logits
 from ..export.surgery import Write, provenance, write_with_provenance
+from ..graph.load import input_dims
 from ..graph.model import OpenedModel, accuracy, open_model, predict
 from ..graph.modulate import Modulation
-from .base import RepairContext, RepairResult, get_method, resolve_options
+from ..graph.neurons import initializer_array
+from ..inputs import fit_images
+from ..util import peak_rss_mb
+from .base import METHODS, RepairContext, RepairResult
 
 PARITY_TOL = 1e-4
+PARITY_IMAGES = 256  # images the written file is checked on (random pixels in data-free mode)
 
 
 @dataclass
@@ -32,11 +36,12 @@ class RepairReport:
     pruned: list[tuple[str, int]]
     units: int  # neurons the method could act on
     total_neurons: int
-    clean_acc_before: float  # on the defender's own clean set (torch executor)
+    clean_acc_before: float  # on the defender's own labeled clean set (torch executor); NaN without one
     clean_acc_after: float
     seconds: float
     peak_rss_mb: float
     parity_max_abs: float
+    n_clean: int = 0
     log: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -53,39 +58,42 @@ def _jsonable(o):
     return str(o)
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def repair_model(model_path, clean: ImageSet, method: str, out_path, options: dict | None = None, *,
+def repair_model(model_path, clean: ImageSet | None, method: str, out_path, options: dict | None = None, *,
                  device=None, layout=None, mean=None, std=None, seed: int = 0,
                  progress: bool = False) -> RepairReport:
-    info = get_method(method)
-    opts = resolve_options(info, options or {})
+    """Run ``method`` on the model at ``model_path`` with the defender's ``clean`` images (None for a
+    data-free method) and write the repaired model to ``out_path``."""
+    entry = METHODS.get(method)
+    opts = entry.resolve(options)
     model_path, out_path = Path(model_path), Path(out_path)
     if out_path.resolve() == model_path.resolve():
         raise SpecError(f"--out {out_path} is the input file; input files are never modified")
     if out_path.is_dir():
         raise SpecError(f"--out {out_path} is a folder; name the output .onnx file")
-    m = open_model(model_path, device)
-    pre = m.preprocess_for(clean)
-    if len(clean) == 0:
+    if clean is None and "none" not in entry.needs:
+        raise DataError(f"repair method '{method}' needs clean images (--data); only data-free methods run without")
+    if clean is not None and len(clean) == 0:
         raise DataError(f"{clean.source}: the clean set is empty")
-    x, y = m.tensors(clean, pre)
+    m = open_model(model_path, device)
+    ctx = RepairContext(m.executor, m.inventory, seed=seed, progress=progress)
+    if clean is not None:
+        fitted = fit_images(m.proto, clean, m.executor.device, layout=layout, mean=mean, std=std)
+        ctx.x, ctx.y, ctx.raw, ctx.preprocessing = fitted.x, fitted.y, fitted.raw, fitted.preprocess
+    probe = ctx.x[:PARITY_IMAGES] if ctx.x is not None else _random_inputs(m, seed)
     torch.manual_seed(seed)
-    ctx = RepairContext(m.executor, m.inventory, x, y, seed=seed, progress=progress)
-    acc_before = accuracy(m.executor, x, y)
+    acc_before = accuracy(m.executor, ctx.x, ctx.y) if ctx.x is not None else float("nan")
     t0 = time.perf_counter()
-    result = info.run(ctx, **opts)
+    result = entry.run(ctx, **opts)
     seconds = time.perf_counter() - t0
-    writes = _writes(m, result)
+    writes = result_writes(m, result)
     prov = provenance(method, _plain(result.params), m.sha256, model_path.name,
                       pruned=len(result.pruned()), semantics=result.semantics)
-    acc_after, parity = _write_and_verify(m, result, writes, out_path, prov, x, y)
+    acc_after, parity = _write_and_verify(m, result, writes, out_path, prov, ctx, probe)
     acted_on = result.scores or result.masks or {}
     units = sum(len(v) for v in acted_on.values())
     return RepairReport(method, _plain(result.params), str(out_path), result.pruned(), units,
-                        m.inventory.total, acc_before, acc_after, seconds, _peak_rss_mb(), parity,
+                        m.inventory.total, acc_before, acc_after, seconds, peak_rss_mb(), parity,
+                        n_clean=0 if clean is None else len(clean),
                         log={k: v for k, v in result.log.items() if k != "curve"})
 
 
@@ -93,18 +101,36 @@ def _plain(params: dict) -> dict:
     return {k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v)) for k, v in params.items()}
 
 
-def _writes(m: OpenedModel, result: RepairResult) -> list[Write]:
-    writes = []
-    if result.masks:
-        writes += mask_writes(m.proto, m.inventory, result.masks, result.semantics)
-    for name, values in (result.new_weights or {}).items():
-        if not m.executor.has_value(name):
+def _random_inputs(m: OpenedModel, seed: int) -> torch.Tensor:
+    """Uniform pixels of the model's input shape, for the parity check of a data-free repair."""
+    dims = input_dims(m.proto)
+    if len(dims) < 2 or not all(isinstance(d, int) and d > 0 for d in dims[1:]):
+        raise ModelError(f"{m.path}: input shape {dims} is not static; a data-free repair needs --data "
+                         "(or a model with a fixed image size) to check the written file")
+    batch = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else 16
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand((batch, *dims[1:]), generator=gen).to(m.executor.device)
+
+
+def result_writes(m: OpenedModel, result: RepairResult) -> list[Write]:
+    """The initializer writes of a result: new weights first, then masks applied on top of them
+    (a pruned neuron of a re-weighted layer is the new weight times 0), so the file computes what
+    the executor computes with the new weights loaded and the masks installed."""
+    new = {name: np.asarray(values) for name, values in (result.new_weights or {}).items()}
+    for name in new:
+        if not m.executor.has_value(name) or name not in m.executor.initializer_names:
             raise ModelError(f"method {result.method} wrote initializer '{name}', which the model does not have")
-        writes.append(Write(None, -1, name, np.asarray(values)))
+    writes = [Write(None, -1, name, values) for name, values in new.items()]
+    if result.masks:
+        def base(name: str) -> np.ndarray:
+            return new[name] if name in new else initializer_array(m.proto, name)
+
+        writes += mask_writes(m.proto, m.inventory, result.masks, result.semantics, base=base)
     return writes
 
 
-def _write_and_verify(m: OpenedModel, result: RepairResult, writes, out_path, prov, x, y):
+def _write_and_verify(m: OpenedModel, result: RepairResult, writes, out_path, prov, ctx: RepairContext,
+                      probe: torch.Tensor):
     """Write the repaired file, then check onnxruntime's logits against the repaired executor."""
     ex = m.executor
     mod = None
@@ -116,12 +142,11 @@ def _write_and_verify(m: OpenedModel, result: RepairResult, writes, out_path, pr
     with torch.no_grad():
         for name, values in (result.new_weights or {}).items():
             saved[name] = ex.value(name).detach().clone()
-            ex.value(name).copy_(torch.as_tensor(values))
+            ex.value(name).copy_(torch.as_tensor(np.asarray(values)))
     try:
         if mod is not None:
             mod.install()
-        acc_after = accuracy(ex, x, y)
-        probe = x[:256]
+        acc_after = accuracy(ex, ctx.x, ctx.y) if ctx.x is not None and ctx.y is not None else float("nan")
         expected = predict(ex, probe).cpu().numpy()
     finally:
         if mod is not None:

@@ -1,7 +1,7 @@
 """Build a zoo: train each entry that is not yet in the manifest, export it, measure it under
 onnxruntime, record its manifest line (one per model). Interrupted builds resume: finished models are skipped and
 the model in training continues from its last finished epoch (a checkpoint under ``.ckpt/``, with
-its attack's prepared stages beside it, see ``attacks.resume``).
+its attack's prepared stages beside it, see ``training.resume``).
 """
 
 from __future__ import annotations
@@ -16,17 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..attacks import resume
+from ..training import resume
 from ..attacks.registry import file_params
 from ..attacks.run import run_attack
 from ..attacks.spec import AttackSpec
-from ..audit.evaluate import evaluate
+from ..evaluation.evaluate import evaluate
 from ..data.images import ImageSet
 from ..data.loading import data_digest, list_splits, load_images
 from ..errors import DataError, SpecError
-from ..export.atomic import atomic_write_bytes
-from ..graph.load import load_model, sha256_file
-from ..graph.model import model_preprocess
+from ..graph.load import load_model
+from ..util import atomic_write_bytes, sha256_file
+from ..inputs import model_preprocess
 from .config import ZooEntry
 
 MANIFEST = "manifest.jsonl"

@@ -30,7 +30,7 @@ from typing import Any
 
 from ..attacks.registry import file_params
 from ..attacks.spec import MODES
-from ..attacks.train import TrainSettings
+from ..training.train import TrainSettings
 from ..errors import SpecError
 
 SET_KEYS = {"name", "data", "arch", "clean_models", "clean_holdout", "train", "attack", "exporter", "keep_batchnorm"}

@@ -91,9 +91,17 @@ def _bn(ctx, x):
         raise UnsupportedOpError(f"node '{ctx.name}' (BatchNormalization): training mode is not supported")
     inp, scale, bias, mean, var = x[:5]
     shape = [1, -1] + [1] * (inp.dim() - 2)
-    if ctx.attrs.get("_batch_stats"):  # set by OnnxExecutor.batchnorm_batch_stats (train-mode BN)
+    mode = ctx.attrs.get("_bn_mode", "running")  # set by OnnxExecutor.batchnorm_mode
+    if mode != "running":
         dims = [0] + list(range(2, inp.dim()))
-        mean, var = inp.mean(dim=dims), inp.var(dim=dims, unbiased=False)
+        batch_mean, batch_var = inp.mean(dim=dims), inp.var(dim=dims, unbiased=False)
+        if mode == "update":
+            n = inp.numel() // max(inp.shape[1], 1)
+            momentum = float(ctx.attr("momentum", 0.9))
+            with torch.no_grad():  # the stored statistics, in place: they are the executor's tensors
+                mean.mul_(momentum).add_(batch_mean.detach(), alpha=1 - momentum)
+                var.mul_(momentum).add_(batch_var.detach() * (n / max(n - 1, 1)), alpha=1 - momentum)
+        mean, var = batch_mean, batch_var
     inv = torch.rsqrt(var + ctx.attr("epsilon", 1e-5))
     return (inp - mean.view(shape)) * (inv * scale).view(shape) + bias.view(shape)
 

@@ -1,88 +1,27 @@
-"""`audit`: parse, call, print. Exit 0 ok, 1 finding or failed gate, 2 error (one clear line).
+"""`audit` and its commands: parse, call, print. Exit 0 ok, 1 finding or failed gate, 2 error (one clear line).
 
 No logic lives here: every command calls one library function and shows what it returns.
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 import sys
-import traceback
 
 import click
 
-from . import __version__
-from .errors import AuditError
-
-CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "backdoor-audit")
-
-
-def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(2)
-
-
-def handle_errors(fn):
-    """Turn bad input into exit 2 with one line; a bug also gets one line (traceback on request)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except AuditError as exc:
-            _fail(str(exc))
-        except KeyboardInterrupt:
-            _fail("interrupted")
-        except BrokenPipeError:  # `audit ... | head`: the reader left; end quietly as Unix tools do
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            sys.exit(141)
-        except Exception as exc:  # noqa: BLE001  (never a bare traceback for the user)
-            if os.environ.get("AUDIT_DEBUG"):
-                traceback.print_exc()
-            _fail(f"internal error: {type(exc).__name__}: {exc} (set AUDIT_DEBUG=1 for the traceback)")
-
-    return wrapper
-
-
-def _floats(text: str | None, name: str) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}", param_hint=name) from None
-
-
-def data_options(fn):
-    """The options every command that reads images shares."""
-    opts = [
-        click.option("--data", "data", required=True, type=click.Path(),
-                     help="npz (x/y or x_train/.../y_test), image folder (one subfolder per class) or zip"),
-        click.option("--split", default=None, help="pick x_<split>/y_<split> of an npz, or the <split> subfolder"),
-        click.option("--layout", type=click.Choice(["NCHW", "NHWC"], case_sensitive=False), default=None,
-                     help="model input layout (default: from model metadata or input shape)"),
-        click.option("--mean", default=None, help="per-channel mean after /255, e.g. 0.49,0.48,0.45"),
-        click.option("--std", default=None, help="per-channel std after /255"),
-        click.option("--device", default=None, help="torch device (default: cuda when available, else cpu)"),
-    ]
-    for opt in reversed(opts):
-        fn = opt(fn)
-    return fn
-
-
-def _load(data, split, limit=None, seed=0, data_layout=None):
-    from .data import load_images
-    from .data.sample import sample
-
-    return sample(load_images(data, split=split, cache_dir=CACHE_DIR, layout=data_layout), limit, seed)
+from .. import __version__
+from .common import CACHE_DIR, data_options, floats, handle_errors, load
+from .zoo import zoo
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="backdoor-audit")
 def main():
     """Check and repair backdoored image classifiers delivered as ONNX."""
+
+
+main.add_command(zoo)
 
 
 # ---------------------------------------------------------------------------------------- inspect
@@ -92,8 +31,8 @@ def main():
 @handle_errors
 def inspect(model, as_json):
     """List the model's neurons: layers, BN state, couplings, head."""
-    from .graph.load import input_dims, load_model, opset_version
-    from .graph.neurons import build_inventory
+    from ..graph.load import input_dims, load_model, opset_version
+    from ..graph.neurons import build_inventory
 
     proto = load_model(model)
     inv = build_inventory(proto)
@@ -113,59 +52,46 @@ def inspect(model, as_json):
 
 # ---------------------------------------------------------------------------------------- repair
 @main.command()
-@click.argument("model", type=click.Path())
-@data_options
+@click.argument("model", type=click.Path(), required=False)
+@data_options(required=False)
 @click.option("--method", default="anp", show_default=True, help="defence method (see --list)")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="a method option, e.g. --param eps=0.3 (repeatable; --list shows every option)")
 @click.option("--out", "out", type=click.Path(), help="where to write the repaired ONNX")
 @click.option("--n-clean", type=int, default=None, help="use this many clean images (seeded sample)")
-@click.option("--iterations", type=int, default=None, help="ANP: mask optimisation steps [2000]")
-@click.option("--eps", type=float, default=None, help="ANP: perturbation budget [0.4]")
-@click.option("--alpha", type=float, default=None, help="ANP: trade-off, clean vs perturbed loss [0.2]")
-@click.option("--lr", type=float, default=None, help="ANP: mask learning rate [0.2]")
-@click.option("--batch-size", type=int, default=None, help="ANP: batch size [128]")
-@click.option("--threshold", type=float, default=None, help="ANP: prune masks below this [0.2]")
-@click.option("--fraction", type=float, default=None, help="ANP: prune this share of neurons instead")
-@click.option("--include-head/--no-include-head", default=None, help="also mask the classifier head")
-@click.option("--layers", default=None, help="ANP: all | conv | linear | comma-separated layer names [all]")
-@click.option("--bn-stats", type=click.Choice(["running", "batch"]), default=None,
-              help="ANP: BatchNorm statistics while optimising masks: batch (the authors' code, "
-                   "default) or the stored running ones")
-@click.option("--noise-bound", type=click.Choice(["project", "none"]), default=None,
-              help="ANP: after the signed step, project the perturbation onto [-eps, eps] (Algorithm 1, "
-                   "default) or leave it unbounded up to 2*eps (the authors' code)")
-@click.option("--semantics", type=click.Choice(["keep-bias", "zero-bias"]), default=None,
-              help="pruned neuron: zero weights and keep bias (ANP), or zero both")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
-@click.option("--list", "list_methods", is_flag=True, help="list the methods and their defaults")
+@click.option("--list", "list_methods", is_flag=True,
+              help="list the methods with their options, defaults, sources and data needs")
 @handle_errors
-def repair(model, data, split, layout, mean, std, device, method, out, n_clean, iterations, eps, alpha, lr,
-           batch_size, threshold, fraction, include_head, layers, bn_stats, noise_bound, semantics, seed,
-           as_json, list_methods):
+def repair(model, data, split, layout, mean, std, device, method, params, out, n_clean, seed, as_json,
+           list_methods):
     """Repair MODEL with a defence method on the defender's clean data; write --out."""
-    from .repair import METHODS
-    from .repair.run import repair_model
+    from ..options import parse_assignments
+    from ..repair import METHODS
+    from ..repair.run import repair_model
 
     if list_methods:
-        for info in METHODS.values():
-            click.echo(f"{info.name}: {info.summary}\n  defaults: {info.defaults}")
+        for entry in METHODS:
+            click.echo("\n".join(entry.describe()))
         return
+    if not model:
+        raise click.UsageError("MODEL is required (or --list)")
     if not out:
         raise click.UsageError("--out is required")
-    clean = _load(data, split, n_clean, seed)
-    options = dict(iterations=iterations, eps=eps, alpha=alpha, lr=lr, batch_size=batch_size,
-                   threshold=threshold, fraction=fraction, include_head=include_head, layers=layers,
-                   bn_stats=bn_stats, noise_bound=noise_bound, semantics=semantics)
-    report = repair_model(model, clean, method, out, {k: v for k, v in options.items() if v is not None},
-                          device=device, layout=layout, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
-                          seed=seed, progress=not as_json and sys.stderr.isatty())
+    options = METHODS.get(method).resolve(parse_assignments(params))
+    clean = None if data is None else load(data, split, n_clean, seed, defender=True)
+    report = repair_model(model, clean, method, out, options, device=device, layout=layout,
+                          mean=floats(mean, "--mean"), std=floats(std, "--std"), seed=seed,
+                          progress=not as_json and sys.stderr.isatty())
     if as_json:
         click.echo(report.to_json())
         return
     click.echo(f"{report.method}: pruned {len(report.pruned)} of {report.units} neurons "
                f"({report.total_neurons} in the model) in {report.seconds:.1f} s")
-    click.echo(f"  clean accuracy on the {len(clean)} defender images: "
-               f"{report.clean_acc_before:.2f} -> {report.clean_acc_after:.2f}")
+    if clean is not None:
+        click.echo(f"  clean accuracy on the {len(clean)} defender images: "
+                   f"{report.clean_acc_before:.2f} -> {report.clean_acc_after:.2f}")
     if report.pruned:
         shown = ", ".join(f"{l}[{k}]" for l, k in report.pruned[:12])
         more = f" (+{len(report.pruned) - 12} more)" if len(report.pruned) > 12 else ""
@@ -176,7 +102,7 @@ def repair(model, data, split, layout, mean, std, device, method, out, n_clean, 
 # ---------------------------------------------------------------------------------------- validate
 @main.command()
 @click.argument("model", type=click.Path())
-@data_options
+@data_options()
 @click.option("--attack", "attack", type=click.Path(), default=None,
               help="attack spec JSON, or an ONNX file whose metadata carries one (for ASR)")
 @click.option("--limit", type=int, default=None, help="evaluate on this many images (seeded sample)")
@@ -187,11 +113,11 @@ def repair(model, data, split, layout, mean, std, device, method, out, n_clean, 
 @handle_errors
 def validate(model, data, split, layout, mean, std, device, attack, limit, min_acc, max_asr, per_class, as_json):
     """Measure ACC (and ASR with --attack) under onnxruntime; gate with --min-acc/--max-asr."""
-    from .audit.gate import validate_model
+    from ..evaluation.gate import validate_model
 
-    images = _load(data, split, limit)
-    result = validate_model(model, images, attack=attack, layout=layout, mean=_floats(mean, "--mean"),
-                            std=_floats(std, "--std"), min_acc=min_acc, max_asr=max_asr, per_class=per_class)
+    images = load(data, split, limit)
+    result = validate_model(model, images, attack=attack, layout=layout, mean=floats(mean, "--mean"),
+                            std=floats(std, "--std"), min_acc=min_acc, max_asr=max_asr, per_class=per_class)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:
@@ -213,7 +139,7 @@ def validate(model, data, split, layout, mean, std, device, attack, limit, min_a
 # ---------------------------------------------------------------------------------------- scan
 @main.command()
 @click.argument("model", type=click.Path())
-@data_options
+@data_options()
 @click.option("--n-clean", type=int, default=None, help="use this many clean images (seeded sample)")
 @click.option("--mask-iterations", type=int, default=300, show_default=True)
 @click.option("--probe-steps", type=int, default=10, show_default=True)
@@ -222,11 +148,11 @@ def validate(model, data, split, layout, mean, std, device, attack, limit, min_a
 @handle_errors
 def scan(model, data, split, layout, mean, std, device, n_clean, mask_iterations, probe_steps, seed, as_json):
     """Is MODEL backdoored? Neuron perturbation probe + ANP masks + graph checks. Exit 1 if so."""
-    from .audit.scan import scan_model
+    from ..audit.scan import scan_model
 
-    clean = _load(data, split, n_clean, seed)
+    clean = load(data, split, n_clean, seed, defender=True)
     rep = scan_model(model, clean, mask_iterations=mask_iterations, probe_steps=probe_steps, device=device,
-                     layout=layout, mean=_floats(mean, "--mean"), std=_floats(std, "--std"), seed=seed,
+                     layout=layout, mean=floats(mean, "--mean"), std=floats(std, "--std"), seed=seed,
                      progress=not as_json and sys.stderr.isatty())
     if as_json:
         click.echo(json.dumps(rep.to_dict(), indent=2, default=str))
@@ -249,16 +175,14 @@ def _print_scan(rep) -> None:
 
 
 # ---------------------------------------------------------------------------------------- attack
-def _param(text: str):
-    if "=" not in text:
-        raise click.BadParameter(f"expected key=value, got {text!r}", param_hint="--param")
-    key, value = text.split("=", 1)
+def _literal(value: str):
+    """An attack parameter from the command line: an int, else a float, else the text."""
     for cast in (int, float):
         try:
-            return key.strip(), cast(value)
+            return cast(value)
         except ValueError:
             pass
-    return key.strip(), value
+    return value
 
 
 @main.command()
@@ -269,10 +193,8 @@ def _param(text: str):
 @click.option("--mode", type=click.Choice(["all-to-one", "all-to-all"]), default="all-to-one", show_default=True)
 @click.option("--target", type=int, default=0, show_default=True, help="target class (all-to-one)")
 @click.option("--rate", type=float, default=0.1, show_default=True, help="share of eligible images poisoned")
-@click.option("--patch", default=None, help="BadNets: square | checkerboard")
-@click.option("--size", type=int, default=None, help="BadNets: patch side in pixels")
-@click.option("--position", default=None, help="BadNets: bottom-right | top-left | top-right | bottom-left | r,c")
-@click.option("--param", "params", multiple=True, help="any attack parameter as key=value (repeatable)")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="an attack parameter, e.g. --param size=4 (repeatable; --list shows each attack's)")
 @click.option("--epochs", type=int, default=8, show_default=True)
 @click.option("--lr", type=float, default=0.01, show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True)
@@ -291,12 +213,13 @@ def _param(text: str):
 @click.option("--list", "list_all", is_flag=True, help="list attacks and architectures")
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def attack(name, data, arch, out, mode, target, rate, patch, size, position, params, epochs, lr, batch_size,
+def attack(name, data, arch, out, mode, target, rate, params, epochs, lr, batch_size,
            schedule, augment, seed, attack_seed, clean_holdout, clean_out, exporter, keep_batchnorm, device,
            resume, list_all, as_json):
     """Train a backdoored model with attack NAME and export it to ONNX with its spec in the metadata."""
-    from .attacks import list_attacks
-    from .models import list_models
+    from ..attacks import list_attacks
+    from ..models import list_models
+    from ..options import parse_assignments
 
     if list_all:
         for attack_name, desc in list_attacks():
@@ -305,10 +228,9 @@ def attack(name, data, arch, out, mode, target, rate, patch, size, position, par
         return
     if not name or not data or not out:
         raise click.UsageError("NAME, --data and --out are required (or --list)")
-    from .attacks.run import run_named_attack
+    from ..attacks.run import run_named_attack
 
-    p = dict(_param(t) for t in params)
-    p.update({k: v for k, v in (("patch", patch), ("size", size), ("position", position)) if v is not None})
+    p = {k: _literal(v) for k, v in parse_assignments(params).items()}
     summary = run_named_attack(name, arch, data, out, mode=mode, target=target, rate=rate, params=p,
                                attack_seed=attack_seed, cache_dir=CACHE_DIR, epochs=epochs, lr=lr,
                                batch_size=batch_size, schedule=schedule, augment=augment, seed=seed,
@@ -340,7 +262,7 @@ def demo(out_dir, epochs, iterations):
     """Train a BadNets MNIST model, scan it, repair it with ANP, validate both under onnxruntime."""
     import tempfile
 
-    from .demo import run_demo
+    from ..demo import run_demo
 
     out_dir = out_dir or tempfile.mkdtemp(prefix="audit-demo-")
     click.echo(f"audit demo: working in {out_dir}")
@@ -356,8 +278,3 @@ def demo(out_dir, epochs, iterations):
     click.echo(f"(onnxruntime {res.after.provider}; {res.before.n} test images, ASR over {res.before.n_asr}; "
                f"total {res.seconds:.0f} s)")
 
-
-from . import cli_zoo  # noqa: E402,F401  registers `audit zoo` (its own module: a second idea)
-
-if __name__ == "__main__":
-    main()

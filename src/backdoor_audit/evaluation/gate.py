@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from ..attacks.spec import load_spec
 from ..data import ImageSet
 from ..graph.load import load_model
-from ..graph.model import model_preprocess
+from ..inputs import model_preprocess
 from .evaluate import evaluate
 
 

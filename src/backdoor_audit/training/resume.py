@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from ..export.atomic import atomic_output
+from ..util import atomic_output, first_line
 
 T = TypeVar("T")
 
@@ -74,7 +74,7 @@ def load_checkpoint(path: str | os.PathLike | None, parts: dict[str, Any], rng: 
         torch.set_rng_state(state["torch_rng"])
         done, seconds, saved_log = int(state["epochs_done"]), float(state["seconds"]), dict(state["log"])
     except Exception as exc:  # torch, numpy and our own lookups raise many types for a foreign file
-        raise DataError(f"cannot resume from checkpoint {path}: {_first_line(exc)}") from None
+        raise DataError(f"cannot resume from checkpoint {path}: {first_line(exc)}") from None
     log.update(saved_log, resumed_at=done)
     return done, seconds
 
@@ -95,7 +95,7 @@ def stage(checkpoint: str | os.PathLike | None, name: str, compute: Callable[[],
         try:
             return _read(Path(path))["value"], True
         except Exception as exc:
-            raise DataError(f"cannot resume the {name} stage from {path}: {_first_line(exc)}") from None
+            raise DataError(f"cannot resume the {name} stage from {path}: {first_line(exc)}") from None
     value = compute()
     _write(Path(path), {"value": value})
     return value, False
@@ -147,7 +147,3 @@ def _read(path: Path) -> dict[str, Any]:
         raise ValueError(f"holds a {type(state).__name__}, not a saved state")
     return state
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,5 +1,7 @@
 """`audit zoo`: build a model zoo from a config, show what is built, print its table.
 
+The group is added to ``audit`` by main.py; this module imports only common.py of the CLI.
+
 Parse, call, print: the work is in ``backdoor_audit.zoo``.
 """
 
@@ -9,10 +11,10 @@ import sys
 
 import click
 
-from .cli import CACHE_DIR, handle_errors, main
+from .common import CACHE_DIR, handle_errors
 
 
-@main.group()
+@click.group()
 def zoo():
     """Train and list zoos of clean and backdoored models (see zoo/zoo.toml)."""
 
@@ -34,8 +36,8 @@ _ONLY = click.option("--only", multiple=True, help="build only ids matching this
 @handle_errors
 def build(config, out, only, device, progress, rebuild):
     """Train every model of CONFIG not yet in OUT's manifest (resumes an interrupted build)."""
-    from .zoo import build_zoo, load_config
-    from .zoo.build import select
+    from ..zoo import build_zoo, load_config
+    from ..zoo.build import select
 
     entries = select(load_config(config), list(only))
 
@@ -63,8 +65,8 @@ def build(config, out, only, device, progress, rebuild):
 def status(config, out, only):
     """List CONFIG's models: built, stale (config changed since), partly trained or still to do; and
     models OUT still holds that CONFIG no longer lists."""
-    from .zoo import load_config
-    from .zoo.build import select, status as zoo_status, unlisted
+    from ..zoo import load_config
+    from ..zoo.build import select, status as zoo_status, unlisted
 
     entries = load_config(config)
     states = zoo_status(select(entries, list(only)), out)
@@ -83,7 +85,7 @@ def status(config, out, only):
 @handle_errors
 def table(out):
     """Print the manifest of the zoo in OUT as a Markdown table."""
-    from .zoo import read_manifest
+    from ..zoo import read_manifest
 
     rows = list(read_manifest(out).values())
     if not rows:

@@ -93,7 +93,7 @@ def train_classifier(
     model.to(device)
     x_all = torch.from_numpy(np.ascontiguousarray(images.x, dtype=np.float32)).to(device)
     y_all = torch.from_numpy(images.y.astype(np.int64)).to(device)
-    _check_label_range(model, x_all, images)
+    check_label_range(model, x_all, images)
 
     steps_per_epoch = math.ceil(len(images) / batch_size)
     total_steps = epochs * steps_per_epoch
@@ -188,7 +188,7 @@ def predict(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarra
     return np.concatenate(outs) if outs else np.zeros((0, 0), dtype=np.float32)
 
 
-def _check_label_range(model: nn.Module, x_all: torch.Tensor, images: ImageSet) -> None:
+def check_label_range(model: nn.Module, x_all: torch.Tensor, images: ImageSet) -> None:
     was_training = model.training
     model.eval()
     with torch.no_grad():

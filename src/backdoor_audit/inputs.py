@@ -1,0 +1,43 @@
+"""Where a model meets data: does an image set fit the model's input, how it is preprocessed,
+and the tensors a method or detector runs on.
+
+This sits above ``graph`` (the model) and ``data`` (the images), which do not import each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import torch
+
+from .data import ImageSet, Preprocess, fit_preprocess
+from .graph.load import image_input, input_dims, metadata
+
+
+def model_preprocess(proto: onnx.ModelProto, images: ImageSet, layout=None, mean=None, std=None) -> Preprocess:
+    """Preprocessing for feeding ``images`` to ``proto``'s input: explicit options, else the
+    model's metadata, else its input shape; DataError before any work when they do not fit."""
+    return fit_preprocess(images, input_dims(proto), layout=layout, mean=mean, std=std,
+                          metadata=metadata(proto), input_name=image_input(proto).name)
+
+
+@dataclass
+class Fitted:
+    """An image set fitted to one model: the pixels (float NCHW in [0, 1]), the model input they
+    give, the labels, and the preprocessing between the two (``preprocess.torch`` is
+    differentiable, for methods that optimise in pixel space)."""
+
+    raw: torch.Tensor
+    x: torch.Tensor
+    y: torch.Tensor
+    preprocess: Preprocess
+
+
+def fit_images(proto: onnx.ModelProto, images: ImageSet, device: torch.device, layout=None, mean=None,
+               std=None) -> Fitted:
+    """Check that ``images`` fit ``proto`` (DataError otherwise) and put them on ``device``."""
+    pre = model_preprocess(proto, images, layout=layout, mean=mean, std=std)
+    raw = torch.from_numpy(np.ascontiguousarray(images.x, dtype=np.float32)).to(device)
+    return Fitted(raw, pre.torch(raw), torch.from_numpy(images.y.astype(np.int64)).to(device), pre)

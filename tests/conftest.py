@@ -134,6 +134,24 @@ def kill_after(monkeypatch):
 
 
 @pytest.fixture(scope="session")
+def mnist_model(tmp_path_factory):
+    """An untrained MNIST CNN exported with the default exporter (BN-free, dynamic batch)."""
+    from backdoor_audit.models import build_model
+
+    torch.manual_seed(0)
+    return export(build_model("mnist-cnn", (1, 28, 28), 10), (1, 28, 28),
+                  tmp_path_factory.mktemp("m") / "mnist.onnx", "dynamo")
+
+
+@pytest.fixture(scope="session")
+def clean_npz(tmp_path_factory, mnist_images):
+    """The MNIST test digits of ``mnist_images`` as an x/y .npz, as a defender would hold them."""
+    p = tmp_path_factory.mktemp("d") / "clean.npz"
+    np.savez(p, x=(mnist_images.x[:, 0] * 255).astype(np.uint8), y=mnist_images.y)
+    return p
+
+
+@pytest.fixture(scope="session")
 def mnist_images():
     """Real MNIST digits from the sample the package ships."""
     from backdoor_audit.data import demo_sample_path, load_images

@@ -5,28 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-import torch
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
 from backdoor_audit.cli import main
-from backdoor_audit.models import build_model
 
-from conftest import export
-
-
-@pytest.fixture(scope="module")
-def mnist_model(tmp_path_factory):
-    torch.manual_seed(0)
-    return export(build_model("mnist-cnn", (1, 28, 28), 10), (1, 28, 28),
-                  tmp_path_factory.mktemp("m") / "mnist.onnx", "dynamo")
-
-
-@pytest.fixture(scope="module")
-def clean_npz(tmp_path_factory, mnist_images):
-    p = tmp_path_factory.mktemp("d") / "clean.npz"
-    np.savez(p, x=(mnist_images.x[:, 0] * 255).astype(np.uint8), y=mnist_images.y)
-    return p
 
 
 def run(*args):

@@ -38,24 +38,10 @@ def run(*args):
 
 
 @pytest.fixture(scope="module")
-def mnist_model(tmp_path_factory):
-    torch.manual_seed(0)
-    return export(build_model("mnist-cnn", (1, 28, 28), 10), (1, 28, 28),
-                  tmp_path_factory.mktemp("m") / "mnist.onnx", "dynamo")
-
-
-@pytest.fixture(scope="module")
 def bn_model(tmp_path_factory):
     torch.manual_seed(0)
     model = randomise_bn(build_model("small-resnet", (3, 32, 32), 10))
     return model, export(model, (3, 32, 32), tmp_path_factory.mktemp("bn") / "bn.onnx", "legacy17-bn")
-
-
-@pytest.fixture(scope="module")
-def clean_npz(tmp_path_factory, mnist_images):
-    p = tmp_path_factory.mktemp("d") / "clean.npz"
-    np.savez(p, x=(mnist_images.x[:, 0] * 255).astype(np.uint8), y=mnist_images.y)
-    return p
 
 
 # ------------------------------------------------------------------------------- schema and CLI

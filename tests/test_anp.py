@@ -146,3 +146,29 @@ def test_repair_sees_only_the_model_and_clean_data(tmp_path, trained_mnist, mnis
     assert rep.parity_max_abs <= 1e-4
     out = make_session(tmp_path / "o.onnx").run(None, {"input": mnist_images.x[:4]})[0]
     assert out.shape == (4, 10)
+
+
+def test_renorm_on_a_folded_file_prunes_to_the_clean_mean(tmp_path, cifar_images):
+    """renorm=conv: on a BN-folded file the masks act after a normalisation estimated on the clean
+    images; a pruned conv channel is written as weight 0 and bias = its clean mean, and the file still
+    computes what the repaired executor computes."""
+    from backdoor_audit.graph.masks import conv_statistics
+    from backdoor_audit.inputs import fit_images
+
+    torch.manual_seed(0)
+    src = export(randomise_bn(build_model("small-resnet", (3, 32, 32), 10)), (3, 32, 32), tmp_path / "f.onnx",
+                 "dynamo")
+    m = open_model(src, "cpu")
+    assert m.inventory.batchnorm_state == "absent"
+    out = tmp_path / "fixed.onnx"
+    rep = repair_model(src, cifar_images, "anp", out, {"iterations": 5, "batch_size": 16, "fraction": 0.05,
+                                                       "renorm": "conv"})
+    assert rep.pruned and rep.parity_max_abs <= 1e-4
+    fitted = fit_images(m.proto, cifar_images, m.executor.device)
+    convs = {name for name, _ in rep.pruned}
+    stats = conv_statistics(m.executor, [m.inventory[n] for n in convs], fitted.x)
+    new = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(out)).graph.initializer}
+    for name, k in rep.pruned:
+        layer = m.inventory[name]
+        assert np.all(new[layer.weight][k] == 0)
+        assert np.isclose(new[layer.bias][k], float(stats[name][0][k]), atol=1e-5)

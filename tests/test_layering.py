@@ -40,10 +40,12 @@ ALLOWED = {
     "attacks": {"data", "models", "options", "training", "export"},
     "evaluation": {"data", "graph", "inputs", "export", "attacks"},
     "zoo": {"data", "graph", "inputs", "export", "models", "training", "attacks", "evaluation", "options"},
+    "bench": {"data", "graph", "inputs", "export", "models", "training", "attacks", "evaluation", "repair",
+              "audit", "options", "zoo"},
     "demo": {"data", "graph", "inputs", "export", "models", "training", "attacks", "evaluation", "repair",
              "audit", "options"},
     "cli": {"data", "graph", "inputs", "export", "models", "training", "attacks", "evaluation", "repair",
-            "audit", "options", "zoo", "demo"},
+            "audit", "options", "zoo", "demo", "bench"},
 }
 
 

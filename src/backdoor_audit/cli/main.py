@@ -12,6 +12,7 @@ import click
 
 from .. import __version__
 from .common import CACHE_DIR, data_options, floats, handle_errors, load
+from .bench import bench
 from .zoo import zoo
 
 
@@ -22,6 +23,7 @@ def main():
 
 
 main.add_command(zoo)
+main.add_command(bench)
 
 
 # ---------------------------------------------------------------------------------------- inspect
@@ -87,10 +89,24 @@ def repair(model, data, split, layout, mean, std, device, method, params, out, n
     if as_json:
         click.echo(report.to_json())
         return
-    click.echo(f"{report.method}: pruned {len(report.pruned)} of {report.units} neurons "
-               f"({report.total_neurons} in the model) in {report.seconds:.1f} s")
+    _print_repair(report, clean)
+
+
+def _print_repair(report, clean) -> None:
+    did = []
+    if report.units:
+        did.append(f"pruned {len(report.pruned)} of {report.units} neurons ({report.total_neurons} in the model)")
+    if report.rewritten:
+        did.append(f"re-trained {len(report.rewritten)} weight tensors")
+    click.echo(f"{report.method}: {'; '.join(did) or 'changed nothing'} in {report.seconds:.1f} s")
+    if "flagged" in report.log:
+        index = report.log["anomaly_index"]
+        flagged = ", ".join(f"class {c} (anomaly index {index[c]:.2f})" for c in report.log["flagged"])
+        click.echo(f"  reverse-engineered triggers: {flagged or 'no class flagged'}")
+    if report.log.get("note"):
+        click.echo(f"  {report.log['note']}")
     if clean is not None:
-        click.echo(f"  clean accuracy on the {len(clean)} defender images: "
+        click.echo(f"  clean accuracy on the {report.n_clean} defender images: "
                    f"{report.clean_acc_before:.2f} -> {report.clean_acc_after:.2f}")
     if report.pruned:
         shown = ", ".join(f"{l}[{k}]" for l, k in report.pruned[:12])
@@ -256,21 +272,20 @@ def attack(name, data, arch, out, mode, target, rate, params, epochs, lr, batch_
 @click.option("--out-dir", type=click.Path(file_okay=False), default=None,
               help="where to keep the models and clean set (default: a fresh temporary folder)")
 @click.option("--epochs", type=int, default=15, show_default=True)
-@click.option("--iterations", type=int, default=1000, show_default=True, help="ANP mask optimisation steps")
+@click.option("--method", default="nc", show_default=True, help="the repair method to show (see audit repair --list)")
 @handle_errors
-def demo(out_dir, epochs, iterations):
-    """Train a BadNets MNIST model, scan it, repair it with ANP, validate both under onnxruntime."""
+def demo(out_dir, epochs, method):
+    """Train a BadNets MNIST model, scan it, repair it, validate both under onnxruntime."""
     import tempfile
 
     from ..demo import run_demo
 
     out_dir = out_dir or tempfile.mkdtemp(prefix="audit-demo-")
     click.echo(f"audit demo: working in {out_dir}")
-    res = run_demo(out_dir, epochs=epochs, anp_iterations=iterations, progress=sys.stderr.isatty(),
+    res = run_demo(out_dir, epochs=epochs, method=method, progress=sys.stderr.isatty(),
                    step=lambda name: click.echo(f"- {name}"))
     _print_scan(res.scan)
-    click.echo(f"- ANP pruned {len(res.repair.pruned)} of {res.repair.units} neurons in {res.repair.seconds:.1f} s: "
-               + ", ".join(f"{l}[{k}]" for l, k in res.repair.pruned[:8]))
+    _print_repair(res.repair, clean=True)
     click.echo("")
     click.echo(f"{'model':<10} {'ACC %':>8} {'ASR %':>8}   file")
     click.echo(f"{'suspect':<10} {res.before.acc:8.2f} {res.before.asr:8.2f}   {res.suspect}")

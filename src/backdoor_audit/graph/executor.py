@@ -25,6 +25,7 @@ from .ops import OPS, NodeCtx
 
 Modulator = Callable[[torch.Tensor], torch.Tensor]
 BN_MODES = ("running", "batch", "update")
+OUTPUT = -1  # the modulator slot of a node's first output
 
 
 @dataclass
@@ -184,6 +185,10 @@ class OnnxExecutor(nn.Module):
         else:
             self._modulators[(node, input_index)] = fn
 
+    def set_output_modulator(self, node: str, fn: Modulator | None) -> None:
+        """Transform what ``node`` outputs (its first output) at run time, before any reader sees it."""
+        self.set_modulator(node, OUTPUT, fn)
+
     def clear_modulators(self) -> None:
         self._modulators.clear()
 
@@ -214,6 +219,9 @@ class OnnxExecutor(nn.Module):
                 raise ModelError(f"{self.source}: node '{node.ctx.name}' ({node.ctx.op_type}) failed on "
                                  f"inputs of shape {shapes}: {first_line(exc)}") from None
             outs = out if isinstance(out, tuple) else (out,)
+            post = mods.get((node.ctx.name, OUTPUT)) if mods else None
+            if post is not None:
+                outs = (post(outs[0]), *outs[1:])
             for name, t in zip(node.outputs, outs):
                 if name:
                     env[name] = t

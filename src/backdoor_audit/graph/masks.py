@@ -11,6 +11,9 @@ then one SGD step on
 
 and projects m onto [0, 1] (lines 10-11). While it runs, BatchNormalization normalises with each
 batch's own statistics (``bn_stats="batch"``, the authors' ``model.train()``) or the stored ones.
+``renorm="conv"`` gives conv units that no BatchNorm follows (a folded file) a normalisation
+estimated on the clean images (see ``Modulation``), normalising with batch or clean statistics as
+``bn_stats`` says.
 """
 
 from __future__ import annotations
@@ -37,10 +40,34 @@ def batches(n: int, batch_size: int, generator: torch.Generator):
             yield idx
 
 
+def conv_statistics(executor: OnnxExecutor, layers, x: torch.Tensor, eps: float = 1e-5,
+                    batch_size: int = 256) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per-channel mean and standard deviation of each conv layer's output on ``x`` (no modulation)."""
+    if not layers:
+        return {}
+    outputs = {n.ctx.name: n.outputs[0] for n in executor.nodes}
+    names = [outputs[l.name] for l in layers]
+    sums: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            got = executor.run(x[i:i + batch_size], capture=names)
+            for n in names:
+                o = got[n].transpose(0, 1).reshape(got[n].shape[1], -1).double()
+                sums[n].append(torch.stack([o.sum(1), (o * o).sum(1), torch.full_like(o[:, 0], o.shape[1])]))
+    out = {}
+    for layer, n in zip(layers, names):
+        s, sq, count = torch.stack(sums[n]).sum(0)
+        mean = s / count
+        var = (sq / count - mean * mean).clamp_min(0)
+        out[layer.name] = (mean.float(), torch.sqrt(var + eps).float())
+    return out
+
+
 def optimize_masks(executor: OnnxExecutor, inventory: NeuronInventory, x: torch.Tensor, y: torch.Tensor, *,
                    eps: float, alpha: float, lr: float, momentum: float, iterations: int, batch_size: int,
                    steps: int = 1, include_head: bool = False, layers: str = "all", bn_stats: str = "batch",
-                   noise_bound: str = "project", seed: int = 0, callback=None) -> tuple[Modulation, dict]:
+                   noise_bound: str = "project", renorm: str = "none", seed: int = 0,
+                   callback=None) -> tuple[Modulation, dict]:
     """Optimise per-neuron masks on the labeled images ``x``, ``y`` (model input, on the executor's
     device); return the modulation holding the continuous masks and a log (seconds, loss curve)."""
     if not 0 <= alpha <= 1:
@@ -55,9 +82,12 @@ def optimize_masks(executor: OnnxExecutor, inventory: NeuronInventory, x: torch.
         raise SpecError(f"bn_stats must be 'running' or 'batch', got {bn_stats!r}")
     if noise_bound not in ("project", "none"):
         raise SpecError(f"noise_bound must be 'project' or 'none', got {noise_bound!r}")
+    if renorm not in ("none", "conv"):
+        raise SpecError(f"renorm must be 'none' or 'conv', got {renorm!r}")
     bound = eps if noise_bound == "project" else None
     ex = executor
-    mod = Modulation(ex, units)
+    stats = conv_statistics(ex, [u for u in units if u.op == "Conv"], x) if renorm == "conv" else {}
+    mod = Modulation(ex, units, renorm=stats, renorm_batch=bn_stats == "batch")
     gen = torch.Generator().manual_seed(seed)
     dev_gen = torch.Generator(device=mod.mask.device).manual_seed(seed)
     mod.mask.requires_grad_(True)

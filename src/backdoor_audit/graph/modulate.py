@@ -9,6 +9,14 @@ For every unit layer (see ``NeuronInventory.units``) the executor reads
 optimiser, a sign step or a projection is one tensor operation. ``perturb`` switches delta/xi
 on and off; ``bias_follows_mask`` makes a 0/1 mask also zero the bias (the "zero-bias"
 pruning semantics) instead of keeping it (ANP's choice).
+
+``renorm`` gives folded conv layers (BatchNorm fused into the conv by the exporter) the BN back
+for the optimisation: with the clean-set mean mu_k and deviation s_k of channel k's output o_k,
+the layer outputs ``(m_k + delta_k) * s_k * z_k + (1 + xi_k) * mu_k`` with z_k the output
+normalised by the batch's own statistics (``renorm_batch``, as BN in train mode) or by mu_k, s_k.
+The mask and the perturbations then act after a normalisation, as they act on a kept BN's scale
+and shift (ANP's "Adaptation to Batch Normalization"), instead of being renormalised away or
+compounding through the layers. A pruned channel outputs mu_k: in the file, weight 0 and bias mu_k.
 """
 
 from __future__ import annotations
@@ -21,7 +29,8 @@ from .neurons import Layer, weight_view_shape
 
 
 class Modulation:
-    def __init__(self, executor: OnnxExecutor, layers: list[Layer], *, bias_follows_mask: bool = False):
+    def __init__(self, executor: OnnxExecutor, layers: list[Layer], *, bias_follows_mask: bool = False,
+                 renorm: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None, renorm_batch: bool = True):
         self.executor = executor
         self.layers = list(layers)
         self.offsets: dict[str, tuple[int, int]] = {}
@@ -35,6 +44,11 @@ class Modulation:
         self.xi = torch.zeros(n, device=dev)
         self.perturb = False
         self.bias_follows_mask = bias_follows_mask
+        self.renorm = dict(renorm or {})
+        self.renorm_batch = renorm_batch
+        bad = [l.name for l in self.layers if l.name in self.renorm and l.op != "Conv"]
+        if bad:
+            raise ValueError(f"renormalisation is for Conv layers only, not {', '.join(bad)}")
         self._installed = False
 
     @property
@@ -65,8 +79,31 @@ class Modulation:
 
         return fn
 
+    def _renorm_fn(self, layer: Layer):
+        lo, hi = self.offsets[layer.name]
+        mu, sd = self.renorm[layer.name]
+
+        def fn(o: torch.Tensor) -> torch.Tensor:
+            shape = [1, -1] + [1] * (o.dim() - 2)
+            if self.renorm_batch:
+                dims = [0] + list(range(2, o.dim()))
+                z = (o - o.mean(dim=dims).view(shape)) * torch.rsqrt(o.var(dim=dims, unbiased=False).view(shape) + 1e-5)
+            else:
+                z = (o - mu.view(shape)) / sd.view(shape)
+            scale = self.mask[lo:hi]
+            shift = self.mask[lo:hi] if self.bias_follows_mask else torch.ones_like(scale)
+            if self.perturb:
+                scale = scale + self.delta[lo:hi]
+                shift = shift * (1 + self.xi[lo:hi])
+            return (scale * sd).view(shape) * z + (shift * mu).view(shape)
+
+        return fn
+
     def install(self) -> "Modulation":
         for layer in self.layers:
+            if layer.name in self.renorm:
+                self.executor.set_output_modulator(layer.name, self._renorm_fn(layer))
+                continue
             self.executor.set_modulator(layer.weight_reader, layer.weight_input, self._weight_fn(layer))
             if layer.bias is not None:
                 self.executor.set_modulator(layer.bias_node, layer.bias_input, self._bias_fn(layer))
@@ -75,6 +112,9 @@ class Modulation:
 
     def remove(self) -> None:
         for layer in self.layers:
+            if layer.name in self.renorm:
+                self.executor.set_output_modulator(layer.name, None)
+                continue
             self.executor.set_modulator(layer.weight_reader, layer.weight_input, None)
             if layer.bias is not None:
                 self.executor.set_modulator(layer.bias_node, layer.bias_input, None)

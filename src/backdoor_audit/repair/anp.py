@@ -46,6 +46,10 @@ OPTIONS = [
            "stored running ones", "authors' code (model.train())", choices=("batch", "running")),
     Option("noise_bound", str, "project", "project the perturbation onto [-eps, eps] after the step (Alg. 1) or "
            "leave it unbounded up to 2*eps (the authors' code)", "ANP Alg. 1 lines 8-9", choices=("project", "none")),
+    Option("renorm", str, "none", "conv: give conv channels that no BatchNorm follows (BN folded into the conv) a "
+           "normalisation estimated on the clean images while the masks are optimised; a pruned channel then "
+           "outputs its clean mean", "ours, after DESIGN.md (ANP's BN adaptation for folded files)",
+           choices=("none", "conv")),
     Option("semantics", str, "keep-bias", "a pruned neuron: zero its weights and keep its bias (ANP), or zero both",
            "ANP Sec. 3.3", choices=SEMANTICS),
 ]
@@ -87,11 +91,29 @@ def run_anp(ctx: RepairContext, **opts) -> RepairResult:
                                   lr=opts["lr"], momentum=opts["momentum"], iterations=opts["iterations"],
                                   batch_size=opts["batch_size"], steps=opts["steps"],
                                   include_head=opts["include_head"], layers=opts["layers"],
-                                  bn_stats=opts["bn_stats"], noise_bound=opts["noise_bound"], seed=ctx.seed,
+                                  bn_stats=opts["bn_stats"], noise_bound=opts["noise_bound"],
+                                  renorm=opts["renorm"], seed=ctx.seed,
                                   callback=(lambda *_: bar.update(1)) if bar else None)
     finally:
         if bar is not None:
             bar.close()
     scores = mod.per_layer(mod.mask)
     masks = prune_masks(scores, opts["threshold"], opts["fraction"])
-    return RepairResult("anp", dict(opts), masks=masks, semantics=opts["semantics"], scores=scores, log=log)
+    new_weights = _renorm_biases(ctx, mod, masks) if opts["semantics"] == "keep-bias" else {}
+    return RepairResult("anp", dict(opts), masks=masks, semantics=opts["semantics"], scores=scores,
+                        new_weights=new_weights, log=log)
+
+
+def _renorm_biases(ctx: RepairContext, mod, masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """With ``renorm``, a pruned channel keeps its clean mean (what a kept BN's shift gives it):
+    its conv bias becomes that mean, its weight is zeroed by the mask."""
+    out = {}
+    for name, (mean, _) in mod.renorm.items():
+        layer = ctx.inventory[name]
+        pruned = np.asarray(masks[name]) < 0.5
+        if layer.bias is None or not pruned.any():
+            continue
+        bias = ctx.executor.value(layer.bias).detach().cpu().numpy().copy()
+        bias[pruned] = mean.cpu().numpy()[pruned]
+        out[layer.bias] = bias
+    return out

@@ -42,6 +42,7 @@ class RepairReport:
     peak_rss_mb: float
     parity_max_abs: float
     n_clean: int = 0
+    rewritten: list[str] = field(default_factory=list)  # initializers given new values (besides masks)
     log: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -93,7 +94,7 @@ def repair_model(model_path, clean: ImageSet | None, method: str, out_path, opti
     units = sum(len(v) for v in acted_on.values())
     return RepairReport(method, _plain(result.params), str(out_path), result.pruned(), units,
                         m.inventory.total, acc_before, acc_after, seconds, peak_rss_mb(), parity,
-                        n_clean=0 if clean is None else len(clean),
+                        n_clean=0 if clean is None else len(clean), rewritten=sorted(result.new_weights or {}),
                         log={k: v for k, v in result.log.items() if k != "curve"})
 
 

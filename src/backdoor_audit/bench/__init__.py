@@ -1,0 +1,1 @@
+"""Benchmarks the tool runs itself (`audit bench ...`): repair methods over a model zoo."""

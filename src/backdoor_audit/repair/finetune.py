@@ -1,0 +1,133 @@
+"""Training the suspect model's own weights on the defender's data, for the methods that do
+(fine-tuning, fine-pruning, trigger unlearning, WIPER): a seeded SGD loop over the executor.
+
+Images are augmented in pixel space and then preprocessed (``ctx.preprocess``), so augmentation
+and a trigger stamped for unlearning act on pixels whatever the model's normalisation. Only
+``ctx.trainable()`` weights move (never BatchNorm running statistics, which follow ``bn_mode``).
+:class:`WeightEdit` keeps the executor as it was: a method trains inside it and returns what
+changed as ``new_weights``, and the repair writes those back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import SpecError
+from ..graph.masks import batches
+from ..options import Option
+from ..training.train import augment_batch, make_scheduler
+from .base import RepairContext
+
+#: options every fine-tuning method shares (each method may change the defaults)
+def finetune_options(*, lr: float = 0.01, iterations: int = 2000, batch_size: int = 128, source: str = "",
+                     augment: str = "auto") -> list[Option]:
+    return [
+        Option("lr", float, lr, "SGD learning rate", source, minimum=0, open_min=True),
+        Option("iterations", int, iterations, "SGD steps over the clean set", source, minimum=1),
+        Option("batch_size", int, batch_size, "images per step", source, minimum=1),
+        Option("momentum", float, 0.9, "SGD momentum", source, minimum=0, maximum=1, open_max=True),
+        Option("weight_decay", float, 5e-4, "SGD weight decay", source, minimum=0),
+        Option("schedule", str, "cosine", "learning-rate schedule", choices=("cosine", "constant")),
+        Option("augment", str, augment, "random crops and flips of the clean images (auto: for RGB images)",
+               "ANP Sec. 4.1 (typical augmentation)", choices=("auto", "crop-flip", "none")),
+        Option("bn_mode", str, "running", "BatchNorm while training: the stored statistics (running), batch "
+               "statistics (batch), or batch statistics that also update the stored ones (update)",
+               choices=("running", "batch", "update")),
+    ]
+
+
+class WeightEdit:
+    """Snapshot every float initializer of the executor; on exit, ``changed`` holds the new value of
+    each one that moved, and the executor is back as it was."""
+
+    def __init__(self, ctx: RepairContext):
+        self.ctx = ctx
+        self.changed: dict[str, np.ndarray] = {}
+
+    def __enter__(self) -> "WeightEdit":
+        ex = self.ctx.executor
+        self._saved = {name: ex.value(name).detach().clone() for name in ex.initializer_names
+                       if ex.value(name).is_floating_point()}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        ex = self.ctx.executor
+        with torch.no_grad():
+            for name, old in self._saved.items():
+                now = ex.value(name)
+                if exc[0] is None and not torch.equal(now, old):
+                    self.changed[name] = now.detach().cpu().numpy().copy()
+                now.copy_(old)
+        ex.requires_grad_weights(False)
+
+
+def resolve_augment(augment: str, channels: int) -> str | None:
+    if augment == "auto":
+        return "crop-flip" if channels == 3 else None
+    return None if augment == "none" else augment
+
+
+Loss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def finetune(ctx: RepairContext, raw: torch.Tensor, y: torch.Tensor, *, lr: float, iterations: int,
+             batch_size: int, momentum: float, weight_decay: float, schedule: str, augment: str, bn_mode: str,
+             params: dict[str, torch.nn.Parameter] | None = None, loss: Loss | None = None,
+             stamp: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+             step_hook: Callable[[int], None] | None = None, progress_desc: str = "fine-tuning") -> dict[str, Any]:
+    """Train ``params`` (default: every trainable weight) on pixels ``raw`` with labels ``y``.
+
+    ``loss(logits, y, idx)`` replaces plain cross-entropy (idx: the batch's positions in ``raw``);
+    ``stamp(pixels, idx)`` changes a batch's pixels after augmentation (e.g. a reversed trigger on
+    some of them); ``step_hook(it)`` runs after each optimiser step. Returns a log."""
+    if len(raw) == 0:
+        raise SpecError("fine-tuning needs at least one clean image")
+    ex = ctx.executor
+    params = params if params is not None else ctx.trainable()
+    if not params:
+        raise SpecError("the model has no trainable float weights")
+    for p in params.values():
+        p.requires_grad_(True)
+    opt = torch.optim.SGD(list(params.values()), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    sched = make_scheduler(opt, schedule, lr, iterations)
+    gen = torch.Generator().manual_seed(ctx.seed)
+    aug = resolve_augment(augment, raw.shape[1])
+    feed = batches(len(raw), min(batch_size, len(raw)), gen)
+    bar = None
+    if ctx.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=iterations, desc=progress_desc, unit="it", leave=False)
+    previous = ex.batchnorm_mode(bn_mode)
+    losses = []
+    try:
+        for it in range(iterations):
+            idx = next(feed).to(raw.device)
+            xb = augment_batch(raw[idx], aug, gen)
+            if stamp is not None:
+                xb = stamp(xb, idx)
+            logits = ex(ctx.preprocess(xb))
+            value = loss(logits, y[idx], idx) if loss is not None else F.cross_entropy(logits, y[idx])
+            opt.zero_grad(set_to_none=True)
+            value.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            if step_hook is not None:
+                step_hook(it)
+            if it % 50 == 0 or it == iterations - 1:
+                losses.append({"iteration": it, "loss": float(value.detach())})
+            if bar is not None:
+                bar.update(1)
+    finally:
+        ex.batchnorm_mode(previous)
+        for p in params.values():
+            p.requires_grad_(False)
+        if bar is not None:
+            bar.close()
+    return {"curve": losses, "iterations": iterations, "augment": aug or "none"}

@@ -15,9 +15,13 @@ from backdoor_audit.repair.run import repair_model
 # small settings so each case runs in seconds; (options, ASR after at most)
 CASES = {
     "anp": ({"iterations": 30, "batch_size": 64}, None),
+    "bnp": ({}, None),  # on the BN model below; on the BN-free tiny model it refuses
     "clp": ({}, None),
     "fp": ({"iterations": 60, "batch_size": 64}, None),
     "ft": ({"iterations": 60, "batch_size": 64}, None),
+    "wiper": ({"epochs": 3, "batch_size": 64}, None),
+    "fst": ({"epochs": 10, "batch_size": 64}, None),  # the head is re-drawn: it needs its steps
+    "rnp": ({"unlearn_epochs": 3, "recover_epochs": 2, "batch_size": 64, "max_acc_drop": 5.0}, None),
     "nc": ({"re_steps": 120, "re_batch_size": 32, "iterations": 80, "batch_size": 64}, 10.0),
 }
 
@@ -34,7 +38,10 @@ def before(tiny_backdoor):
     return res
 
 
-@pytest.mark.parametrize("method", sorted(CASES))
+BN_ONLY = {"bnp"}
+
+
+@pytest.mark.parametrize("method", sorted(set(CASES) - BN_ONLY))
 def test_method_end_to_end_on_a_backdoored_model(tmp_path, tiny_backdoor, before, method):
     path, clean, test, spec = tiny_backdoor
     options, asr_at_most = CASES[method]
@@ -46,3 +53,46 @@ def test_method_end_to_end_on_a_backdoored_model(tmp_path, tiny_backdoor, before
     assert after.acc >= before.acc - 15, (method, before.acc, after.acc)
     if asr_at_most is not None:
         assert after.asr <= asr_at_most and after.asr < before.asr - 50, (method, before.asr, after.asr)
+
+
+@pytest.fixture(scope="module")
+def tiny_bn_backdoor(tmp_path_factory):
+    """The tiny BadNets model again, on the BN variant of the CNN, exported with BN kept."""
+    from backdoor_audit.attacks.run import run_attack
+    from backdoor_audit.data import demo_sample_path, load_images
+    from backdoor_audit.training.train import TrainSettings
+
+    from conftest import make_spec
+
+    out = tmp_path_factory.mktemp("tiny-bn")
+    train = load_images(demo_sample_path(), split="train").subset(slice(0, 3000))
+    test = load_images(demo_sample_path(), split="test").subset(slice(0, 500))
+    summary = run_attack("mnist-cnn-bn", train, make_spec(), out / "m.onnx",
+                         TrainSettings(epochs=4, batch_size=32, lr=0.05, seed=1), test_data=test, clean_holdout=300,
+                         clean_out=out / "clean.npz", keep_batchnorm=True)
+    return summary["model"], load_images(out / "clean.npz"), test, summary["spec"]
+
+
+@pytest.mark.parametrize("method", sorted(BN_ONLY))
+def test_bn_methods_on_a_bn_model_and_refused_on_a_folded_one(tmp_path, tiny_bn_backdoor, tiny_backdoor, method):
+    from backdoor_audit.errors import SpecError
+
+    path, clean, test, spec = tiny_bn_backdoor
+    rep = repair_model(path, clean, method, tmp_path / "o.onnx", CASES[method][0])
+    assert rep.parity_max_abs <= 1e-4 and rep.units > 0
+    with pytest.raises(SpecError, match="no(ne)? BatchNormalization|has none"):
+        repair_model(tiny_backdoor[0], tiny_backdoor[1], method, tmp_path / "p.onnx", CASES[method][0])
+    assert not (tmp_path / "p.onnx").exists()
+
+
+def test_wiper_adaptive_regularisation_is_continuous_and_symmetric():
+    import math
+
+    import torch
+
+    from backdoor_audit.repair.wiper import adaptive_reg
+
+    w = torch.tensor([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0])
+    got = adaptive_reg(w).tolist()
+    assert got == pytest.approx([math.e, 1.0, 0.5, 0.0, 0.5, 1.0, math.e])
+    assert adaptive_reg(torch.tensor([1.0 + 1e-6])).item() == pytest.approx(1.0, abs=1e-5)  # no jump at |w| = 1

@@ -35,6 +35,7 @@ from ..export.session import make_session, run_logits
 from ..graph.load import load_model
 from ..graph.neurons import build_inventory
 from ..inputs import model_preprocess
+from ..options import parse_assignments
 from ..repair import METHODS
 from ..util import atomic_write_bytes, first_line, sha256_file
 from ..zoo import load_config, read_manifest
@@ -51,6 +52,7 @@ class Job:
     method: str
     options: dict[str, Any]
     row: dict[str, Any]  # the manifest row of the source model
+    label: str = ""  # the method as named on the command line, e.g. "anp:renorm=conv"
 
     def key(self, model_sha: str, clean_sha: str, n_clean: int) -> str:
         text = json.dumps([model_sha, self.method, self.options, clean_sha, n_clean], sort_keys=True)
@@ -88,10 +90,23 @@ def _dims(proto) -> list:
     return [d if isinstance(d, int) and d > 0 else 8 for d in input_dims(proto)]
 
 
-def plan(zoo_dir: Path, methods: list[str], only: list[str] | None, folded: bool,
+def method_variants(text: str) -> list[tuple[str, str, dict[str, str]]]:
+    """``"anp,anp:renorm=conv;iterations=500,nc"`` as (label, method, options) triples."""
+    out = []
+    for item in [t.strip() for t in text.split(",") if t.strip()]:
+        name, _, rest = item.partition(":")
+        opts = dict(parse_assignments([a for a in rest.split(";") if a.strip()], flag=f"--methods {item}"))
+        METHODS.get(name.strip())
+        out.append((item, name.strip(), opts))
+    return out
+
+
+def plan(zoo_dir: Path, methods: list[tuple[str, str, dict[str, str]]], only: list[str] | None, folded: bool,
          params: dict[str, dict[str, Any]] | None = None) -> list[Job]:
     """The jobs, in the order the issue asks for: CIFAR-10 dirty-label models and their folded
-    copies first, then GTSRB, then MNIST, then the rest (clean models last in each set)."""
+    copies first, then GTSRB, then MNIST, then the rest (clean models last in each set).
+    ``methods`` are (label, method, options) from :func:`method_variants`; ``params`` more options
+    per method name, for every variant of it."""
     import fnmatch
 
     manifest = read_manifest(zoo_dir)
@@ -109,9 +124,9 @@ def plan(zoo_dir: Path, methods: list[str], only: list[str] | None, folded: bool
         if folded and build_inventory(load_model(src)).batchnorm_state == "kept":
             variants.append(("folded", zoo_dir / ".folded" / r["file"]))
         for variant, path in variants:
-            for m in methods:
-                opts = METHODS.get(m).resolve((params or {}).get(m))
-                jobs.append(Job(r["id"], variant, path, m, opts, r))
+            for label, m, given in methods:
+                opts = METHODS.get(m).resolve({**(params or {}).get(m, {}), **given})
+                jobs.append(Job(r["id"], variant, path, m, opts, r, label))
     return jobs
 
 
@@ -184,7 +199,8 @@ def run_bench(zoo_dir, jobs: list[Job], results: Path, *, n_clean: int = 500, co
             b = evaluate(job.path, test, pre, spec)
             befores[model_sha] = {"acc": b.acc, "asr": b.asr}
         row = {"key": key, "model": job.model_id, "variant": job.variant, "set": job.row["set"],
-               "attack": job.row["attack"], "mode": job.row["mode"], "method": job.method, "options": job.options,
+               "attack": job.row["attack"], "mode": job.row["mode"], "method": job.label or job.method,
+               "options": job.options,
                "n_clean": n_clean, "before": befores[model_sha], "tool": __version__}
         out = work / f"{key}.onnx"
         try:

@@ -19,7 +19,8 @@ def bench():
 @bench.command("repair")
 @click.option("--zoo", "zoo_dir", type=click.Path(file_okay=False), default="zoo", show_default=True)
 @click.option("--config", type=click.Path(), default=None, help="zoo config giving the datasets [<zoo>/zoo.toml]")
-@click.option("--methods", default="all", show_default=True, help="comma-separated method names, or all")
+@click.option("--methods", default="all", show_default=True,
+              help="comma-separated methods, each optionally with options: anp,anp:renorm=conv;iterations=500,nc")
 @click.option("--clean", "n_clean", type=int, default=500, show_default=True, help="defender images per repair")
 @click.option("--only", multiple=True, help="zoo ids matching this glob, e.g. 'cifar10/*' (repeatable)")
 @click.option("--folded/--no-folded", default=True, show_default=True,
@@ -36,29 +37,29 @@ def repair(zoo_dir, config, methods, n_clean, only, folded, params, results, out
     """Run repair methods on every zoo model (and its folded copy), resumably; write the tables."""
     import json
 
-    from ..bench.repair import markdown, plan, run_bench
+    from ..bench.repair import markdown, method_variants, plan, run_bench
     from ..errors import SpecError
     from ..options import parse_assignments
     from ..repair import METHODS
     from ..util import atomic_write_bytes
 
-    names = [e.name for e in METHODS] if methods == "all" else [m.strip() for m in methods.split(",") if m.strip()]
+    variants = method_variants(",".join(e.name for e in METHODS) if methods == "all" else methods)
     per_method: dict[str, dict[str, str]] = {}
     for key, value in parse_assignments(params).items():
         method, sep, option = key.partition(".")
         if not sep:
             raise SpecError(f"--param {key}: name the method, as METHOD.KEY=VALUE")
         per_method.setdefault(method, {})[option] = value
-    jobs = plan(Path(zoo_dir), names, list(only), folded, per_method)
+    jobs = plan(Path(zoo_dir), variants, list(only), folded, per_method)
     if plan_only:
         for j in jobs:
-            click.echo(f"{j.model_id:32s} {j.variant:9s} {j.method}")
+            click.echo(f"{j.model_id:32s} {j.variant:9s} {j.label}")
         click.echo(f"{len(jobs)} jobs")
         return
     config = config or (Path(zoo_dir) / "zoo.toml")
 
     def show(kind, job, row):
-        name = f"{job.model_id} ({job.variant}) {job.method}"
+        name = f"{job.model_id} ({job.variant}) {job.label}"
         if kind == "start":
             click.echo(f"  {name} ...", nl=False)
         elif kind == "done":

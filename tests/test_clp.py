@@ -75,3 +75,20 @@ def test_our_uclc_is_the_authors_on_a_bn_file(tmp_path):
                              (ex.value(unit.weight) / ex.value(unit.var).sqrt()).detach().numpy())
     assert np.allclose(ours, _authors_uclc(conv, bn), rtol=1e-5)
     assert int(np.argmax(ours)) == BOOSTED
+
+
+def test_clp_with_clean_data_raises_u_until_the_accuracy_holds(tmp_path, cifar_images):
+    """max_acc_drop: u goes up from 3 in steps of 0.25 until the clean accuracy falls at most that much
+    (or u_max); without it CLP stays data-free at u = 3."""
+    from backdoor_audit.repair.run import repair_model
+
+    model, _ = _model()
+    src = export(model, (3, 32, 32), tmp_path / "m.onnx", "dynamo")
+    plain = repair_model(src, None, "clp", tmp_path / "a.onnx")
+    searched = repair_model(src, cifar_images, "clp", tmp_path / "b.onnx", {"max_acc_drop": 0.0, "u_max": 5.0})
+    tried = searched.log["u_search"]
+    assert tried[0]["u"] == 3.0 and all(b["u"] == a["u"] + 0.25 for a, b in zip(tried, tried[1:]))
+    assert tried[-1]["acc_drop"] <= 0.0 or tried[-1]["u"] == 5.0
+    assert all(t["acc_drop"] > 0.0 for t in tried[:-1])
+    assert len(searched.pruned) <= len(plain.pruned)
+    assert searched.clean_acc_before - searched.clean_acc_after == pytest.approx(tried[-1]["acc_drop"], abs=0.01)

@@ -192,8 +192,10 @@ class Entry:
 
     def describe(self) -> list[str]:
         """Lines for a listing: name and summary, source, data needs, one line per option."""
-        lines = [f"{self.name}: {self.summary}", f"  source: {self.source}",
-                 "  needs: " + "; ".join(DATA_NEEDS[n] for n in self.needs)]
+        needs = [DATA_NEEDS[n] for n in self.needs if n != "none"]
+        if "none" in self.needs:
+            needs = [DATA_NEEDS["none"]] + [f"optionally {n}" for n in needs]
+        lines = [f"{self.name}: {self.summary}", f"  source: {self.source}", "  needs: " + "; ".join(needs)]
         width = max((len(o.name) for o in self.options), default=0)
         for o in self.options:
             src = f" [{o.source}]" if o.source else ""

@@ -153,7 +153,7 @@ def _repair_process(job: Job, clean: Path, n_clean: int, out: Path) -> tuple[dic
     that process's own) and the wall seconds."""
     cmd = [sys.executable, "-m", "backdoor_audit.cli", "repair", str(job.path), "--method", job.method,
            "--out", str(out), "--json"]
-    if "none" not in METHODS.get(job.method).needs:
+    if set(METHODS.get(job.method).needs) - {"none"}:  # data-free methods that can use data get it too
         cmd += ["--data", str(clean), "--n-clean", str(n_clean)]
     for k, v in job.options.items():
         cmd += ["--param", f"{k}={'none' if v is None else v}"]

@@ -56,7 +56,8 @@ def repair(zoo_dir, config, methods, n_clean, only, folded, params, results, out
             click.echo(f"{j.model_id:32s} {j.variant:9s} {j.label}")
         click.echo(f"{len(jobs)} jobs")
         return
-    config = config or (Path(zoo_dir) / "zoo.toml")
+    if config is None and (Path(zoo_dir) / "zoo.toml").is_file():
+        config = Path(zoo_dir) / "zoo.toml"  # where each set's data is; else the manifest's dataset path
 
     def show(kind, job, row):
         name = f"{job.model_id} ({job.variant}) {job.label}"

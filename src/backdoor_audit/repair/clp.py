@@ -21,6 +21,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ModelError
+from ..graph.model import accuracy
+from ..graph.modulate import Modulation
 from ..graph.neurons import Layer
 from ..options import Option
 from .base import RepairContext, RepairResult, register_method
@@ -28,6 +30,10 @@ from .base import RepairContext, RepairResult, register_method
 OPTIONS = [
     Option("u", float, 3.0, "prune channels whose UCLC exceeds mean + u * std of their layer",
            "the authors' code (CLP.py, u=3)", minimum=0),
+    Option("max_acc_drop", float, None, "with clean images: raise u from its value in steps of 0.25 (up to "
+           "u_max) until the accuracy on them drops at most this many points (CLP itself is data-free and "
+           "fits nothing to them, so all of them judge)", minimum=0, optional=True),
+    Option("u_max", float, 8.0, "the largest u the max_acc_drop search tries", minimum=0),
 ]
 
 
@@ -57,10 +63,47 @@ def _units(ctx: RepairContext) -> list[tuple[Layer, Layer]]:
 
 @register_method("clp", summary="Channel Lipschitzness-based Pruning: prune conv channels whose Lipschitz "
                  "upper bound is an outlier in their layer; data-free", source="Zheng et al., ECCV 2022, "
-                 "and the authors' CLP.py", needs="none", options=OPTIONS)
-def run_clp(ctx: RepairContext, *, u: float) -> RepairResult:
+                 "and the authors' CLP.py", needs=("none", "labeled"), options=OPTIONS)
+def run_clp(ctx: RepairContext, *, u: float, max_acc_drop: float | None, u_max: float) -> RepairResult:
+    uclc = _uclc(ctx)
+    params = {"u": u, "max_acc_drop": max_acc_drop, "u_max": u_max}
+    log: dict = {}
+    if max_acc_drop is not None:
+        u, log = _search_u(ctx, uclc, u, u_max, max_acc_drop)
+    masks, thresholds = {}, {}
+    for name, values in uclc.items():
+        limit = values.mean() + u * (values.std(ddof=1) if values.size > 1 else 0.0)
+        masks[name] = (values <= limit).astype(np.float32)
+        thresholds[name] = float(limit)
+    log.update(u=u, thresholds=thresholds, layers=len(masks))
+    return RepairResult("clp", params, masks=masks, semantics="zero-bias",
+                        scores={n: v.astype(np.float32) for n, v in uclc.items()}, log=log)
+
+
+def _search_u(ctx: RepairContext, uclc: dict[str, np.ndarray], u: float, u_max: float,
+              max_drop: float) -> tuple[float, dict]:
+    """The smallest u from ``u`` up (steps of 0.25) whose pruning costs at most ``max_drop`` points
+    of accuracy on the defender's clean images."""
+    x, y = ctx.labeled("clp with max_acc_drop")
+    units = {name: ctx.inventory[name] for name in uclc}
+    mod = Modulation(ctx.executor, list(units.values()), bias_follows_mask=True)
+    tried = []
+    with mod:
+        base = accuracy(ctx.executor, x, y)
+        while True:
+            mod.set_masks({n: (v <= v.mean() + u * (v.std(ddof=1) if v.size > 1 else 0.0)).astype(np.float32)
+                           for n, v in uclc.items()})
+            drop = base - accuracy(ctx.executor, x, y)
+            tried.append({"u": u, "acc_drop": round(drop, 2)})
+            if drop <= max_drop or u >= u_max:
+                return u, {"u_search": tried}
+            u = min(u + 0.25, u_max)
+
+
+def _uclc(ctx: RepairContext) -> dict[str, np.ndarray]:
+    """UCLC per unit layer (BN or conv, as ``_units`` says)."""
     ex = ctx.executor
-    masks, scores, thresholds = {}, {}, {}
+    out = {}
     for conv, unit in _units(ctx):
         weight = ex.value(conv.weight).detach().cpu().numpy()
         scale = None
@@ -71,10 +114,5 @@ def run_clp(ctx: RepairContext, *, u: float) -> RepairResult:
                                  "tensor, not an initializer; CLP needs it")
             var = ex.value(unit.var).detach().cpu().numpy()
             scale = gamma / np.sqrt(var)
-        uclc = channel_lipschitz(weight, scale)
-        limit = uclc.mean() + u * (uclc.std(ddof=1) if uclc.size > 1 else 0.0)
-        masks[unit.name] = (uclc <= limit).astype(np.float32)
-        scores[unit.name] = uclc.astype(np.float32)
-        thresholds[unit.name] = float(limit)
-    return RepairResult("clp", {"u": u}, masks=masks, semantics="zero-bias", scores=scores,
-                        log={"thresholds": thresholds, "layers": len(masks)})
+        out[unit.name] = channel_lipschitz(weight, scale)
+    return out

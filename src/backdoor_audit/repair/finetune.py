@@ -23,7 +23,13 @@ from ..options import Option
 from ..training.train import augment_batch, make_scheduler
 from .base import RepairContext
 
-#: options every fine-tuning method shares (each method may change the defaults)
+#: BatchNorm while a method trains: PyTorch's train mode (batch statistics, running ones updated), as
+#: the authors' code of every fine-tuning defence here runs (``model.train()``)
+BN_MODE = Option("bn_mode", str, "update", "BatchNorm while training: batch statistics that also update the stored "
+                 "ones (update, PyTorch's train mode), batch statistics only (batch), or the stored ones (running)",
+                 "the authors' code (model.train())", choices=("update", "batch", "running"))
+
+
 def finetune_options(*, lr: float = 0.01, iterations: int = 2000, batch_size: int = 128, source: str = "",
                      augment: str = "auto") -> list[Option]:
     return [
@@ -35,9 +41,7 @@ def finetune_options(*, lr: float = 0.01, iterations: int = 2000, batch_size: in
         Option("schedule", str, "cosine", "learning-rate schedule", choices=("cosine", "constant")),
         Option("augment", str, augment, "random crops and flips of the clean images (auto: for RGB images)",
                "ANP Sec. 4.1 (typical augmentation)", choices=("auto", "crop-flip", "none")),
-        Option("bn_mode", str, "running", "BatchNorm while training: the stored statistics (running), batch "
-               "statistics (batch), or batch statistics that also update the stored ones (update)",
-               choices=("running", "batch", "update")),
+        BN_MODE,
     ]
 
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ..errors import SpecError
 from ..options import Option
 from .base import RepairContext, RepairResult, register_method
-from .finetune import WeightEdit, finetune
+from .finetune import BN_MODE, WeightEdit, finetune
 
 SOURCE = "WIPER Sec. 5.1"
 OPTIONS = [
@@ -38,7 +38,7 @@ OPTIONS = [
     Option("weight_decay", float, 5e-4, "SGD weight decay", minimum=0),
     Option("augment", str, "auto", "random crops and flips (auto: for RGB images)",
            choices=("auto", "crop-flip", "none")),
-    Option("bn_mode", str, "running", "BatchNorm while training", choices=("running", "batch", "update")),
+    BN_MODE,
 ]
 
 

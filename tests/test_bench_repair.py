@@ -1,0 +1,55 @@
+"""`audit bench repair` on a one-model zoo: runs each method in its own process, evaluates under
+onnxruntime, writes the tables, and a second run reuses every result (resume)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+from click.testing import CliRunner
+
+from backdoor_audit.cli import main
+
+
+def _zoo(tmp_path, tiny_backdoor):
+    path, clean, test, spec = tiny_backdoor
+    zoo = tmp_path / "zoo"
+    (zoo / "mnist").mkdir(parents=True)
+    shutil.copy(path, zoo / "mnist" / "badnets-t0-s0.onnx")
+    x8 = lambda s: (s.x[:, 0] * 255).round().astype(np.uint8)  # noqa: E731
+    np.savez(zoo / "mnist" / "clean.npz", x=x8(clean), y=clean.y)
+    data = tmp_path / "mnist.npz"
+    np.savez(data, x_train=x8(clean), y_train=clean.y, x_test=x8(test), y_test=test.y)
+    row = {"id": "mnist/badnets-t0-s0", "file": "mnist/badnets-t0-s0.onnx", "set": "mnist", "attack": "badnets",
+           "mode": "all-to-one", "spec": json.loads(spec.to_json()), "dataset": str(data)}
+    (zoo / "manifest.jsonl").write_text(json.dumps(row) + "\n")
+    return zoo
+
+
+def test_bench_runs_resumes_and_writes_tables(tmp_path, tiny_backdoor):
+    zoo = _zoo(tmp_path, tiny_backdoor)
+    results, out = tmp_path / "r.jsonl", tmp_path / "bench.md"
+    args = ["bench", "repair", "--zoo", str(zoo), "--methods", "clp,ft:iterations=20;batch_size=64",
+            "--clean", "300", "--results", str(results), "--out", str(out)]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output + res.stderr
+    rows = [json.loads(l) for l in results.read_text().splitlines()]
+    assert [r["method"] for r in rows] == ["clp", "ft:iterations=20;batch_size=64"]
+    assert all(r["status"] == "ok" for r in rows), rows
+    assert rows[0]["before"]["asr"] > 90 and rows[1]["options"]["iterations"] == 20
+    assert rows[1]["rewritten"] > 0 and rows[1]["peak_mb"] > 0
+    table = out.read_text()
+    assert "| mnist/badnets-t0-s0 | as built | clp |" in table and "Means over" in table
+    assert json.loads(out.with_suffix(".json").read_text())[0]["key"] == rows[0]["key"]
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0 and "2 of 2 jobs ok" in again.output
+    assert len(results.read_text().splitlines()) == 2  # nothing ran twice
+    assert " ... " not in again.output  # no job started
+
+
+def test_bench_plan_lists_folded_copies_only_for_bn_models(tmp_path, tiny_backdoor):
+    zoo = _zoo(tmp_path, tiny_backdoor)
+    res = CliRunner().invoke(main, ["bench", "repair", "--zoo", str(zoo), "--methods", "clp", "--plan"])
+    assert res.exit_code == 0, res.output
+    assert "as built" in res.output and "folded" not in res.output and "1 jobs" in res.output

@@ -134,8 +134,8 @@ def test_repair_sees_only_the_model_and_clean_data(tmp_path, trained_mnist, mnis
     spec and the data no test split; repair still runs end to end (test_layering.py checks the same
     with a spec present and stripped)."""
     assert [f.name for f in dataclasses.fields(RepairContext)] == ["executor", "inventory", "x", "y", "raw",
-                                                                   "preprocessing", "unlabeled", "seed",
-                                                                   "progress"]
+                                                                   "preprocessing", "unlabeled", "train_x",
+                                                                   "seed", "progress"]
     proto = onnx.load(str(trained_mnist))
     assert not any(p.key == "backdoor_audit.attack_spec" for p in proto.metadata_props)
     clean = tmp_path / "clean.npz"

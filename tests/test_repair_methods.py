@@ -16,6 +16,7 @@ from backdoor_audit.repair.run import repair_model
 CASES = {
     "anp": ({"iterations": 30, "batch_size": 64}, None),
     "bnp": ({}, None),  # on the BN model below; on the BN-free tiny model it refuses
+    "ep": ({}, None),  # with the poisoned training set below
     "clp": ({}, None),
     "fp": ({"iterations": 60, "batch_size": 64}, None),
     "ft": ({"iterations": 60, "batch_size": 64}, None),
@@ -41,13 +42,33 @@ def before(tiny_backdoor):
 BN_ONLY = {"bnp"}
 
 
+def _poisoned_training_set(spec):
+    """A training set poisoned as the tiny model's was: the same 3000 digits, the same attack."""
+    from backdoor_audit.attacks import get_attack
+    from backdoor_audit.data import demo_sample_path, load_images
+
+    train = load_images(demo_sample_path(), split="train").subset(slice(0, 3000))
+    return get_attack(spec).poison(train)[0]
+
+
+def test_ep_says_it_needs_the_training_data(tmp_path, tiny_backdoor):
+    from backdoor_audit.errors import DataError
+
+    path, clean, _, _ = tiny_backdoor
+    with pytest.raises(DataError, match="--train-data"):
+        repair_model(path, clean, "ep", tmp_path / "o.onnx")
+    assert not (tmp_path / "o.onnx").exists()
+
+
 @pytest.mark.parametrize("method", sorted(set(CASES) - BN_ONLY))
 def test_method_end_to_end_on_a_backdoored_model(tmp_path, tiny_backdoor, before, method):
     path, clean, test, spec = tiny_backdoor
     options, asr_at_most = CASES[method]
-    needs_data = "none" not in METHODS.get(method).needs
+    needs = METHODS.get(method).needs
+    needs_data = "none" not in needs
     out = tmp_path / f"{method}.onnx"
-    rep = repair_model(path, clean if needs_data else None, method, out, options)
+    train = _poisoned_training_set(spec) if "train" in needs else None
+    rep = repair_model(path, clean if needs_data else None, method, out, options, train=train)
     assert rep.parity_max_abs <= 1e-4
     after = evaluate(out, test, model_preprocess(load_model(out), test), spec)
     assert after.acc >= before.acc - 15, (method, before.acc, after.acc)

@@ -84,3 +84,10 @@ def load(data, split, limit=None, seed=0, data_layout=None, defender=False):
 
     loader = load_defender_images if defender else load_images
     return sample(loader(data, split=split, cache_dir=CACHE_DIR, layout=data_layout), limit, seed)
+
+
+def load_training(path):
+    """A model's training data: the train split of a source that has splits, else all of it."""
+    from ..data import list_splits, load_images
+
+    return load_images(path, split="train" if "train" in list_splits(path) else None, cache_dir=CACHE_DIR)

@@ -11,7 +11,7 @@ import sys
 import click
 
 from .. import __version__
-from .common import CACHE_DIR, data_options, floats, handle_errors, load
+from .common import CACHE_DIR, data_options, floats, handle_errors, load, load_training
 from .bench import bench
 from .zoo import zoo
 
@@ -61,12 +61,15 @@ def inspect(model, as_json):
               help="a method option, e.g. --param eps=0.3 (repeatable; --list shows every option)")
 @click.option("--out", "out", type=click.Path(), help="where to write the repaired ONNX")
 @click.option("--n-clean", type=int, default=None, help="use this many clean images (seeded sample)")
+@click.option("--train-data", type=click.Path(), default=None,
+              help="the model's (possibly poisoned) training data, for methods that need it (ep); its train "
+                   "split when it has splits")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 @click.option("--list", "list_methods", is_flag=True,
               help="list the methods with their options, defaults, sources and data needs")
 @handle_errors
-def repair(model, data, split, layout, mean, std, device, method, params, out, n_clean, seed, as_json,
+def repair(model, data, split, layout, mean, std, device, method, params, out, n_clean, train_data, seed, as_json,
            list_methods):
     """Repair MODEL with a defence method on the defender's clean data; write --out."""
     from ..options import parse_assignments
@@ -83,9 +86,10 @@ def repair(model, data, split, layout, mean, std, device, method, params, out, n
         raise click.UsageError("--out is required")
     options = METHODS.get(method).resolve(parse_assignments(params))
     clean = None if data is None else load(data, split, n_clean, seed, defender=True)
+    train = None if train_data is None else load_training(train_data)
     report = repair_model(model, clean, method, out, options, device=device, layout=layout,
                           mean=floats(mean, "--mean"), std=floats(std, "--std"), seed=seed,
-                          progress=not as_json and sys.stderr.isatty())
+                          progress=not as_json and sys.stderr.isatty(), train=train)
     if as_json:
         click.echo(report.to_json())
         return

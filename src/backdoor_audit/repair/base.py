@@ -38,6 +38,8 @@ class RepairContext:
     the differentiable step from pixels to model input (``preprocess(raw)`` equals ``x``). With
     unlabeled data ``y`` is None; in data-free mode ``x``, ``y`` and ``raw`` are all None.
     ``unlabeled``: further images without labels (pixels), where the defender has them.
+    ``train_x``: the (possibly poisoned) training images as model input, given only to a method
+    whose paper's threat model includes them (``needs="train"``, e.g. EP) and only with --train-data.
     """
 
     executor: OnnxExecutor
@@ -47,6 +49,7 @@ class RepairContext:
     raw: torch.Tensor | None = None
     preprocessing: Preprocess = field(default_factory=Preprocess)
     unlabeled: torch.Tensor | None = None
+    train_x: torch.Tensor | None = None  # the model's training data as model input: only for needs="train"
     seed: int = 0
     progress: bool = False
 

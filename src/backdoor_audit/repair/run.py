@@ -60,10 +60,11 @@ def _jsonable(o):
 
 
 def repair_model(model_path, clean: ImageSet | None, method: str, out_path, options: dict | None = None, *,
-                 device=None, layout=None, mean=None, std=None, seed: int = 0,
-                 progress: bool = False) -> RepairReport:
+                 device=None, layout=None, mean=None, std=None, seed: int = 0, progress: bool = False,
+                 train: ImageSet | None = None) -> RepairReport:
     """Run ``method`` on the model at ``model_path`` with the defender's ``clean`` images (None for a
-    data-free method) and write the repaired model to ``out_path``."""
+    data-free method) and write the repaired model to ``out_path``. ``train``: the model's training
+    data, passed on only to a method that needs it (``needs="train"``)."""
     entry = METHODS.get(method)
     opts = entry.resolve(options)
     model_path, out_path = Path(model_path), Path(out_path)
@@ -71,8 +72,11 @@ def repair_model(model_path, clean: ImageSet | None, method: str, out_path, opti
         raise SpecError(f"--out {out_path} is the input file; input files are never modified")
     if out_path.is_dir():
         raise SpecError(f"--out {out_path} is a folder; name the output .onnx file")
-    if clean is None and "none" not in entry.needs:
+    wants_clean = bool(set(entry.needs) & {"labeled", "unlabeled"})
+    if clean is None and wants_clean and "none" not in entry.needs:
         raise DataError(f"repair method '{method}' needs clean images (--data); only data-free methods run without")
+    if "train" in entry.needs and train is None:
+        raise DataError(f"repair method '{method}' needs the model's training data (--train-data)")
     if clean is not None and len(clean) == 0:
         raise DataError(f"{clean.source}: the clean set is empty")
     m = open_model(model_path, device)
@@ -80,7 +84,12 @@ def repair_model(model_path, clean: ImageSet | None, method: str, out_path, opti
     if clean is not None:
         fitted = fit_images(m.proto, clean, m.executor.device, layout=layout, mean=mean, std=std)
         ctx.x, ctx.y, ctx.raw, ctx.preprocessing = fitted.x, fitted.y, fitted.raw, fitted.preprocess
-    probe = ctx.x[:PARITY_IMAGES] if ctx.x is not None else _random_inputs(m, seed)
+    if train is not None and "train" in entry.needs:
+        ctx.train_x = fit_images(m.proto, train, m.executor.device, layout=layout, mean=mean, std=std).x
+    if ctx.x is not None:
+        probe = ctx.x[:PARITY_IMAGES]
+    else:
+        probe = ctx.train_x[:PARITY_IMAGES] if ctx.train_x is not None else _random_inputs(m, seed)
     torch.manual_seed(seed)
     acc_before = accuracy(m.executor, ctx.x, ctx.y) if ctx.x is not None else float("nan")
     t0 = time.perf_counter()

@@ -21,6 +21,7 @@ CASES = {
     "fp": ({"iterations": 60, "batch_size": 64}, None),
     "ft": ({"iterations": 60, "batch_size": 64}, None),
     "ft-sam": ({"epochs": 10, "batch_size": 64}, None),
+    "nad": ({"teacher_epochs": 2, "epochs": 3, "lr": 0.01, "betas": "500,1000"}, None),  # MNIST CNN: two stages
     "wiper": ({"epochs": 3, "batch_size": 64}, None),
     "fst": ({"epochs": 10, "batch_size": 64}, None),  # the head is re-drawn: it needs its steps
     "rnp": ({"unlearn_epochs": 3, "recover_epochs": 2, "batch_size": 64, "max_acc_drop": 5.0}, None),

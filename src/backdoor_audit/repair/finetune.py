@@ -83,12 +83,16 @@ def finetune(ctx: RepairContext, raw: torch.Tensor, y: torch.Tensor, *, lr: floa
              batch_size: int, momentum: float, weight_decay: float, schedule: str, augment: str, bn_mode: str,
              params: dict[str, torch.nn.Parameter] | None = None, loss: Loss | None = None,
              stamp: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-             step_hook: Callable[[int], None] | None = None, progress_desc: str = "fine-tuning") -> dict[str, Any]:
+             step_hook: Callable[[int], None] | None = None,
+             forward: Callable[[torch.Tensor], torch.Tensor] | None = None, lr_steps: int | None = None,
+             progress_desc: str = "fine-tuning") -> dict[str, Any]:
     """Train ``params`` (default: every trainable weight) on pixels ``raw`` with labels ``y``.
 
     ``loss(logits, y, idx)`` replaces plain cross-entropy (idx: the batch's positions in ``raw``);
     ``stamp(pixels, idx)`` changes a batch's pixels after augmentation (e.g. a reversed trigger on
-    some of them); ``step_hook(it)`` runs after each optimiser step. Returns a log."""
+    some of them); ``step_hook(it)`` runs after each optimiser step; ``forward(model_input)`` replaces
+    the executor's forward (a method that also reads intermediate tensors); ``lr_steps`` divides the
+    learning rate by 10 every that many steps (with ``schedule="constant"``). Returns a log."""
     if len(raw) == 0:
         raise SpecError("fine-tuning needs at least one clean image")
     ex = ctx.executor
@@ -99,6 +103,10 @@ def finetune(ctx: RepairContext, raw: torch.Tensor, y: torch.Tensor, *, lr: floa
         p.requires_grad_(True)
     opt = torch.optim.SGD(list(params.values()), lr=lr, momentum=momentum, weight_decay=weight_decay)
     sched = make_scheduler(opt, schedule, lr, iterations)
+    if lr_steps:
+        if sched is not None:
+            raise SpecError("lr_steps goes with schedule 'constant'")
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=lr_steps, gamma=0.1)
     gen = torch.Generator().manual_seed(ctx.seed)
     aug = resolve_augment(augment, raw.shape[1])
     feed = batches(len(raw), min(batch_size, len(raw)), gen)
@@ -115,7 +123,7 @@ def finetune(ctx: RepairContext, raw: torch.Tensor, y: torch.Tensor, *, lr: floa
             xb = augment_batch(raw[idx], aug, gen)
             if stamp is not None:
                 xb = stamp(xb, idx)
-            logits = ex(ctx.preprocess(xb))
+            logits = (forward or ex)(ctx.preprocess(xb))
             value = loss(logits, y[idx], idx) if loss is not None else F.cross_entropy(logits, y[idx])
             opt.zero_grad(set_to_none=True)
             value.backward()

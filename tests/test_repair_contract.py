@@ -254,3 +254,31 @@ def test_masks_and_new_weights_on_one_tensor_combine_data_free(monkeypatch, tmp_
 def test_a_method_that_needs_data_refuses_to_run_without(tmp_path, mnist_model):
     res = run("repair", mnist_model, "--out", tmp_path / "o.onnx")
     assert res.exit_code == 2 and "needs clean images" in res.stderr, res.stderr
+
+
+def test_virtual_batchnorm_starts_as_the_identity_and_folds_back(tmp_path, cifar_images):
+    """unfold=conv: a BN put back behind each folded conv leaves the function as it was on the
+    clean set it was fitted on, folds back into the same weights untrained, and after training the
+    written file (initializers only) computes what the executor computed."""
+    from backdoor_audit.graph.unfold import VirtualBatchNorm, foldable_convs
+    from backdoor_audit.inputs import fit_images
+
+    torch.manual_seed(0)
+    src = export(randomise_bn(build_model("small-resnet", (3, 32, 32), 10)), (3, 32, 32), tmp_path / "f.onnx",
+                 "dynamo")
+    m = open_model(src, "cpu")
+    convs = foldable_convs(m.inventory)
+    assert convs and m.inventory.batchnorm_state == "absent"
+    x = fit_images(m.proto, cifar_images, m.executor.device).x
+    with torch.no_grad():
+        ref = m.executor(x)
+        before = {l.weight: m.executor.value(l.weight).clone() for l in convs}
+        vbn = VirtualBatchNorm(m.executor, convs, x, momentum=0.0)  # momentum 0: running stats stay the clean ones
+        with vbn:
+            got = m.executor(x)
+        vbn.fold()
+    assert torch.allclose(got, ref, atol=1e-3)
+    assert all(torch.allclose(m.executor.value(w), v, rtol=1e-4, atol=1e-6) for w, v in before.items())
+    rep = repair_model(src, cifar_images, "ft", tmp_path / "o.onnx",
+                       {"iterations": 4, "batch_size": 16, "schedule": "constant"})
+    assert rep.parity_max_abs <= 1e-4 and rep.log["unfolded"] == len(convs)

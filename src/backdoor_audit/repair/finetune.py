@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from ..errors import SpecError
 from ..graph.masks import batches
+from ..graph.unfold import VirtualBatchNorm, foldable_convs
 from ..options import Option
 from ..training.train import augment_batch, make_scheduler
 from .base import RepairContext
@@ -28,6 +29,13 @@ from .base import RepairContext
 BN_MODE = Option("bn_mode", str, "update", "BatchNorm while training: batch statistics that also update the stored "
                  "ones (update, PyTorch's train mode), batch statistics only (batch), or the stored ones (running)",
                  "the authors' code (model.train())", choices=("update", "batch", "running"))
+
+
+#: BatchNorm put back behind folded convs while training (graph.unfold), folded again after
+UNFOLD = Option("unfold", str, "conv", "conv: on a file without BatchNorm, train with a BN put back behind each "
+                "biased conv (batch statistics, trainable scale and shift) and fold it into the conv afterwards "
+                "(a no-op where BN is kept); none: train the folded weights as they are, where the papers' "
+                "learning rates diverge", "ours (docs/repair.md)", choices=("conv", "none"))
 
 
 def finetune_options(*, lr: float = 0.01, iterations: int = 2000, batch_size: int = 128, source: str = "",
@@ -42,6 +50,7 @@ def finetune_options(*, lr: float = 0.01, iterations: int = 2000, batch_size: in
         Option("augment", str, augment, "random crops and flips of the clean images (auto: for RGB images)",
                "ANP Sec. 4.1 (typical augmentation)", choices=("auto", "crop-flip", "none")),
         BN_MODE,
+        UNFOLD,
     ]
 
 
@@ -85,7 +94,7 @@ def finetune(ctx: RepairContext, raw: torch.Tensor, y: torch.Tensor, *, lr: floa
              stamp: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
              step_hook: Callable[[int], None] | None = None,
              forward: Callable[[torch.Tensor], torch.Tensor] | None = None, lr_steps: int | None = None,
-             progress_desc: str = "fine-tuning") -> dict[str, Any]:
+             unfold: str = "conv", progress_desc: str = "fine-tuning") -> dict[str, Any]:
     """Train ``params`` (default: every trainable weight) on pixels ``raw`` with labels ``y``.
 
     ``loss(logits, y, idx)`` replaces plain cross-entropy (idx: the batch's positions in ``raw``);
@@ -99,9 +108,15 @@ def finetune(ctx: RepairContext, raw: torch.Tensor, y: torch.Tensor, *, lr: floa
     params = params if params is not None else ctx.trainable()
     if not params:
         raise SpecError("the model has no trainable float weights")
-    for p in params.values():
+    vbn = None
+    if unfold == "conv":
+        convs = foldable_convs(ctx.inventory)
+        if convs:
+            vbn = VirtualBatchNorm(ex, convs, ctx.preprocess(raw))
+    trained = list(params.values()) + (vbn.parameters() if vbn is not None else [])
+    for p in trained:
         p.requires_grad_(True)
-    opt = torch.optim.SGD(list(params.values()), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    opt = torch.optim.SGD(trained, lr=lr, momentum=momentum, weight_decay=weight_decay)
     sched = make_scheduler(opt, schedule, lr, iterations)
     if lr_steps:
         if sched is not None:
@@ -117,6 +132,8 @@ def finetune(ctx: RepairContext, raw: torch.Tensor, y: torch.Tensor, *, lr: floa
         bar = tqdm(total=iterations, desc=progress_desc, unit="it", leave=False)
     previous = ex.batchnorm_mode(bn_mode)
     losses = []
+    if vbn is not None:
+        vbn.__enter__()
     try:
         for it in range(iterations):
             idx = next(feed).to(raw.device)
@@ -138,8 +155,13 @@ def finetune(ctx: RepairContext, raw: torch.Tensor, y: torch.Tensor, *, lr: floa
                 bar.update(1)
     finally:
         ex.batchnorm_mode(previous)
-        for p in params.values():
+        if vbn is not None:
+            vbn.__exit__()
+        for p in trained:
             p.requires_grad_(False)
         if bar is not None:
             bar.close()
-    return {"curve": losses, "iterations": iterations, "augment": aug or "none"}
+    if vbn is not None:
+        vbn.fold()
+    return {"curve": losses, "iterations": iterations, "augment": aug or "none",
+            "unfolded": 0 if vbn is None else len(vbn.layers)}

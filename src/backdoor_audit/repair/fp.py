@@ -69,7 +69,7 @@ def run_fp(ctx: RepairContext, **opts) -> RepairResult:
             pruned += 1
         mod.set_masks({unit.name: mask})
         ft = {k: opts[k] for k in ("lr", "iterations", "batch_size", "momentum", "weight_decay", "schedule",
-                                   "augment", "bn_mode")}
+                                   "augment", "bn_mode", "unfold")}
         with WeightEdit(ctx) as edit:
             log = finetune(ctx, ctx.raw[keep_idx], y[keep_idx], progress_desc="fine-pruning", **ft)
     log.update(layer=unit.name, pruned=pruned, held_out_accuracy=base)

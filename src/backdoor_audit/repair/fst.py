@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ..errors import SpecError
 from ..options import Option
 from .base import RepairContext, RepairResult, register_method
-from .finetune import BN_MODE, WeightEdit, finetune
+from .finetune import BN_MODE, UNFOLD, WeightEdit, finetune
 
 SOURCE = "FST authors' README (CIFAR-10)"
 OPTIONS = [
@@ -36,6 +36,7 @@ OPTIONS = [
     Option("augment", str, "auto", "random crops and flips (auto: for RGB images)",
            choices=("auto", "crop-flip", "none")),
     BN_MODE,
+    UNFOLD,
 ]
 
 
@@ -68,7 +69,7 @@ def run_fst(ctx: RepairContext, **opts) -> RepairResult:
 
     ft = dict(lr=opts["lr"], iterations=opts["epochs"] * steps_per_epoch, batch_size=opts["batch_size"],
               momentum=opts["momentum"], weight_decay=opts["weight_decay"], schedule="cosine",
-              augment=opts["augment"], bn_mode=opts["bn_mode"])
+              augment=opts["augment"], bn_mode=opts["bn_mode"], unfold=opts["unfold"])
     with WeightEdit(ctx) as edit:
         with torch.no_grad():
             w.copy_(torch.empty_like(w, device="cpu").uniform_(-bound, bound, generator=gen).to(w.device))

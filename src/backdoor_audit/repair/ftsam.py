@@ -18,7 +18,8 @@ from ..graph.masks import batches
 from ..options import Option
 from ..training.train import augment_batch, make_scheduler
 from .base import RepairContext, RepairResult, register_method
-from .finetune import BN_MODE, WeightEdit, resolve_augment
+from ..graph.unfold import VirtualBatchNorm, foldable_convs
+from .finetune import BN_MODE, UNFOLD, WeightEdit, resolve_augment
 
 SOURCE = "BackdoorBench config/defense/ft-sam/cifar10.yaml"
 OPTIONS = [
@@ -34,6 +35,7 @@ OPTIONS = [
     Option("augment", str, "auto", "random crops and flips (auto: for RGB images)",
            choices=("auto", "crop-flip", "none")),
     BN_MODE,
+    UNFOLD,
 ]
 
 
@@ -60,12 +62,16 @@ def run_ftsam(ctx: RepairContext, **opts) -> RepairResult:
         params = ctx.trainable()
         if not params:
             raise SpecError("the model has no trainable float weights")
-        plist = list(params.values())
+        convs = foldable_convs(ctx.inventory) if opts["unfold"] == "conv" else []
+        vbn = VirtualBatchNorm(ex, convs, ctx.preprocess(raw)) if convs else None
+        plist = list(params.values()) + (vbn.parameters() if vbn is not None else [])
         for p in plist:
             p.requires_grad_(True)
         opt = torch.optim.SGD(plist, lr=opts["lr"], momentum=opts["momentum"], weight_decay=opts["weight_decay"])
         sched = make_scheduler(opt, "cosine", opts["lr"], iterations)
         previous = ex.batchnorm_mode(opts["bn_mode"])
+        if vbn is not None:
+            vbn.__enter__()
         try:
             for it in range(iterations):
                 idx = next(feed).to(raw.device)
@@ -94,7 +100,11 @@ def run_ftsam(ctx: RepairContext, **opts) -> RepairResult:
                     curve.append({"iteration": it, "loss": float(loss.detach()), "sharp_loss": float(sharp.detach())})
         finally:
             ex.batchnorm_mode(previous)
+            if vbn is not None:
+                vbn.__exit__()
             for p in plist:
                 p.requires_grad_(False)
+        if vbn is not None:
+            vbn.fold()
     return RepairResult("ft-sam", dict(opts), new_weights=edit.changed,
                         log={"curve": curve, "iterations": iterations, "augment": aug or "none"})

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ..errors import SpecError
 from ..options import Option
 from .base import RepairContext, RepairResult, register_method
-from .finetune import BN_MODE, WeightEdit, finetune
+from .finetune import BN_MODE, UNFOLD, WeightEdit, finetune
 
 SOURCE = "NAD authors' code; WIPER appendix A.4"
 OPTIONS = [
@@ -37,6 +37,7 @@ OPTIONS = [
     Option("augment", str, "auto", "random crops and flips (auto: for RGB images)",
            choices=("auto", "crop-flip", "none")),
     BN_MODE,
+    UNFOLD,
 ]
 
 
@@ -75,7 +76,8 @@ def run_nad(ctx: RepairContext, **opts) -> RepairResult:
     depths = attention_depths(ctx, len(betas))
     per_epoch = len(ctx.raw) // min(opts["batch_size"], len(ctx.raw))
     common = dict(batch_size=opts["batch_size"], momentum=0.9, weight_decay=opts["weight_decay"],
-                  schedule="constant", augment=opts["augment"], bn_mode=opts["bn_mode"])
+                  schedule="constant", augment=opts["augment"], bn_mode=opts["bn_mode"],
+                  unfold=opts["unfold"])
 
     with WeightEdit(ctx) as teacher_edit:
         log_t = finetune(ctx, ctx.raw, y, lr=opts["lr"], iterations=opts["teacher_epochs"] * per_epoch,

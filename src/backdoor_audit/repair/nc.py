@@ -78,7 +78,7 @@ def run_nc(ctx: RepairContext, **opts) -> RepairResult:
         return out
 
     ft = {k: opts[k] for k in ("lr", "iterations", "batch_size", "momentum", "weight_decay", "schedule", "augment",
-                               "bn_mode")}
+                               "bn_mode", "unfold")}
     with WeightEdit(ctx) as edit:
         log.update(finetune(ctx, ctx.raw, y, stamp=stamp, progress_desc="unlearning", **ft))
     return RepairResult("nc", dict(opts), new_weights=edit.changed, log=log)

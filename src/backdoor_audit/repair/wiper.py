@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ..errors import SpecError
 from ..options import Option
 from .base import RepairContext, RepairResult, register_method
-from .finetune import BN_MODE, WeightEdit, finetune
+from .finetune import BN_MODE, UNFOLD, WeightEdit, finetune
 
 SOURCE = "WIPER Sec. 5.1"
 OPTIONS = [
@@ -39,6 +39,7 @@ OPTIONS = [
     Option("augment", str, "auto", "random crops and flips (auto: for RGB images)",
            choices=("auto", "crop-flip", "none")),
     BN_MODE,
+    UNFOLD,
 ]
 
 
@@ -105,7 +106,8 @@ def run_wiper(ctx: RepairContext, **opts) -> RepairResult:
         mark()
 
     ft = dict(lr=opts["lr"], iterations=iterations, batch_size=opts["batch_size"], momentum=opts["momentum"],
-              weight_decay=opts["weight_decay"], schedule="constant", augment=opts["augment"], bn_mode=opts["bn_mode"])
+              weight_decay=opts["weight_decay"], schedule="constant", augment=opts["augment"],
+              bn_mode=opts["bn_mode"], unfold=opts["unfold"])
     with WeightEdit(ctx) as edit:
         log = finetune(ctx, ctx.raw, y, loss=loss, step_hook=after_step, progress_desc="WIPER", **ft)
     log.update(head=head.name, features=int(n_in), bad_at_start=int(round(opts["beta0"] * n_in)),

@@ -43,7 +43,9 @@ def repair(zoo_dir, config, methods, n_clean, only, folded, params, results, out
     from ..repair import METHODS
     from ..util import atomic_write_bytes
 
-    variants = method_variants(",".join(e.name for e in METHODS) if methods == "all" else methods)
+    # "all": every method that runs on what a zoo holds (ep needs the poisoned training set, which it does not)
+    every = ",".join(e.name for e in METHODS if "train" not in e.needs)
+    variants = method_variants(every if methods == "all" else methods)
     per_method: dict[str, dict[str, str]] = {}
     for key, value in parse_assignments(params).items():
         method, sep, option = key.partition(".")

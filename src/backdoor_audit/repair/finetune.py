@@ -108,14 +108,8 @@ def finetune(ctx: RepairContext, raw: torch.Tensor, y: torch.Tensor, *, lr: floa
     params = params if params is not None else ctx.trainable()
     if not params:
         raise SpecError("the model has no trainable float weights")
-    vbn = None
-    if unfold == "conv":
-        convs = foldable_convs(ctx.inventory)
-        if convs:
-            vbn = VirtualBatchNorm(ex, convs, ctx.preprocess(raw))
-    trained = list(params.values()) + (vbn.parameters() if vbn is not None else [])
-    for p in trained:
-        p.requires_grad_(True)
+    session = Training(ctx, params, bn_mode, unfold)
+    trained = session.parameters
     opt = torch.optim.SGD(trained, lr=lr, momentum=momentum, weight_decay=weight_decay)
     sched = make_scheduler(opt, schedule, lr, iterations)
     if lr_steps:
@@ -130,11 +124,8 @@ def finetune(ctx: RepairContext, raw: torch.Tensor, y: torch.Tensor, *, lr: floa
         from tqdm import tqdm
 
         bar = tqdm(total=iterations, desc=progress_desc, unit="it", leave=False)
-    previous = ex.batchnorm_mode(bn_mode)
     losses = []
-    if vbn is not None:
-        vbn.__enter__()
-    try:
+    with session:
         for it in range(iterations):
             idx = next(feed).to(raw.device)
             xb = augment_batch(raw[idx], aug, gen)
@@ -153,15 +144,37 @@ def finetune(ctx: RepairContext, raw: torch.Tensor, y: torch.Tensor, *, lr: floa
                 losses.append({"iteration": it, "loss": float(value.detach())})
             if bar is not None:
                 bar.update(1)
-    finally:
-        ex.batchnorm_mode(previous)
-        if vbn is not None:
-            vbn.__exit__()
-        for p in trained:
+    if bar is not None:
+        bar.close()
+    return {"curve": losses, "iterations": iterations, "augment": aug or "none", "unfolded": session.unfolded}
+
+
+class Training:
+    """What a method's training loop runs inside: the weights it trains (plus a put-back BN's scale
+    and shift with ``unfold="conv"`` on a file without BN) with gradients on, BatchNorm in
+    ``bn_mode``; on leaving, all back off, the put-back BN folded into the convs."""
+
+    def __init__(self, ctx: RepairContext, params: dict[str, torch.nn.Parameter], bn_mode: str, unfold: str):
+        self.ex, self.bn_mode = ctx.executor, bn_mode
+        convs = foldable_convs(ctx.inventory) if unfold == "conv" else []
+        self.vbn = VirtualBatchNorm(self.ex, convs, ctx.x if ctx.x is not None else ctx.preprocess(ctx.raw)) \
+            if convs else None
+        self.parameters = list(params.values()) + (self.vbn.parameters() if self.vbn is not None else [])
+        self.unfolded = 0 if self.vbn is None else len(self.vbn.layers)
+
+    def __enter__(self) -> "Training":
+        for p in self.parameters:
+            p.requires_grad_(True)
+        self._previous = self.ex.batchnorm_mode(self.bn_mode)
+        if self.vbn is not None:
+            self.vbn.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.ex.batchnorm_mode(self._previous)
+        if self.vbn is not None:
+            self.vbn.__exit__()
+        for p in self.parameters:
             p.requires_grad_(False)
-        if bar is not None:
-            bar.close()
-    if vbn is not None:
-        vbn.fold()
-    return {"curve": losses, "iterations": iterations, "augment": aug or "none",
-            "unfolded": 0 if vbn is None else len(vbn.layers)}
+        if self.vbn is not None and exc[0] is None:
+            self.vbn.fold()

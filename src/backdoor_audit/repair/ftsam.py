@@ -18,8 +18,7 @@ from ..graph.masks import batches
 from ..options import Option
 from ..training.train import augment_batch, make_scheduler
 from .base import RepairContext, RepairResult, register_method
-from ..graph.unfold import VirtualBatchNorm, foldable_convs
-from .finetune import BN_MODE, UNFOLD, WeightEdit, resolve_augment
+from .finetune import BN_MODE, UNFOLD, Training, WeightEdit, resolve_augment
 
 SOURCE = "BackdoorBench config/defense/ft-sam/cifar10.yaml"
 OPTIONS = [
@@ -62,17 +61,11 @@ def run_ftsam(ctx: RepairContext, **opts) -> RepairResult:
         params = ctx.trainable()
         if not params:
             raise SpecError("the model has no trainable float weights")
-        convs = foldable_convs(ctx.inventory) if opts["unfold"] == "conv" else []
-        vbn = VirtualBatchNorm(ex, convs, ctx.preprocess(raw)) if convs else None
-        plist = list(params.values()) + (vbn.parameters() if vbn is not None else [])
-        for p in plist:
-            p.requires_grad_(True)
+        session = Training(ctx, params, opts["bn_mode"], opts["unfold"])
+        plist = session.parameters
         opt = torch.optim.SGD(plist, lr=opts["lr"], momentum=opts["momentum"], weight_decay=opts["weight_decay"])
         sched = make_scheduler(opt, "cosine", opts["lr"], iterations)
-        previous = ex.batchnorm_mode(opts["bn_mode"])
-        if vbn is not None:
-            vbn.__enter__()
-        try:
+        with session:
             for it in range(iterations):
                 idx = next(feed).to(raw.device)
                 xb = ctx.preprocess(augment_batch(raw[idx], aug, gen))
@@ -98,13 +91,6 @@ def run_ftsam(ctx: RepairContext, **opts) -> RepairResult:
                 sched.step()
                 if it % 20 == 0 or it == iterations - 1:
                     curve.append({"iteration": it, "loss": float(loss.detach()), "sharp_loss": float(sharp.detach())})
-        finally:
-            ex.batchnorm_mode(previous)
-            if vbn is not None:
-                vbn.__exit__()
-            for p in plist:
-                p.requires_grad_(False)
-        if vbn is not None:
-            vbn.fold()
     return RepairResult("ft-sam", dict(opts), new_weights=edit.changed,
-                        log={"curve": curve, "iterations": iterations, "augment": aug or "none"})
+                        log={"curve": curve, "iterations": iterations, "augment": aug or "none",
+                             "unfolded": session.unfolded})

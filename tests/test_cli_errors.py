@@ -26,7 +26,7 @@ def assert_one_line_error(res, *needles):
 
 
 def _repair(model, data, out):
-    return run("repair", model, "--data", data, "--out", out, "--param", "iterations=2")
+    return run("repair", model, "--data", data, "--out", out, "--method", "anp", "--param", "iterations=2")
 
 
 def test_not_an_onnx_file(tmp_path, clean_npz):
@@ -114,7 +114,7 @@ def test_unknown_method_and_bad_option(tmp_path, mnist_model, clean_npz):
     assert_one_line_error(run("repair", mnist_model, "--data", clean_npz, "--out", tmp_path / "o.onnx",
                               "--method", "magic"), "unknown repair method 'magic'")
     assert_one_line_error(run("repair", mnist_model, "--data", clean_npz, "--out", tmp_path / "o.onnx",
-                              "--param", "iterations=2", "--param", "alpha=3"), "alpha")
+                              "--method", "anp", "--param", "iterations=2", "--param", "alpha=3"), "alpha")
     assert not (tmp_path / "o.onnx").exists()
 
 

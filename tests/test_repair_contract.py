@@ -71,7 +71,7 @@ def test_old_flags_are_gone_from_help():
 
 def test_param_sets_an_anp_option(tmp_path, mnist_model, clean_npz):
     out = tmp_path / "o.onnx"
-    res = run("repair", mnist_model, "--data", clean_npz, "--out", out, "--param", "eps=0.3",
+    res = run("repair", mnist_model, "--data", clean_npz, "--out", out, "--method", "anp", "--param", "eps=0.3",
               "--param", "iterations=3", "--param", "fraction=0.02", "--json")
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)
@@ -86,7 +86,7 @@ def test_param_sets_an_anp_option(tmp_path, mnist_model, clean_npz):
                                            ("bn_stats=weird", "batch, running"), ("include_head=maybe", "true")])
 def test_bad_params_are_one_line_errors(tmp_path, mnist_model, clean_npz, param, needle):
     out = tmp_path / "o.onnx"
-    res = run("repair", mnist_model, "--data", clean_npz, "--out", out, "--param", param)
+    res = run("repair", mnist_model, "--data", clean_npz, "--out", out, "--method", "anp", "--param", param)
     assert res.exit_code == 2, res.output
     lines = [l for l in res.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], res.stderr
@@ -120,7 +120,8 @@ def test_repair_honours_mean_std_and_layout(tmp_path, mnist_model, clean_npz):
     out = tmp_path / "o.onnx"
     for extra, needle in ((("--mean", "0.1,0.2,0.3"), "mean has 3 values"),
                           (("--layout", "NHWC"), "NHWC")):
-        res = run("repair", mnist_model, "--data", clean_npz, "--out", out, "--param", "iterations=2", *extra)
+        res = run("repair", mnist_model, "--data", clean_npz, "--out", out, "--method", "anp", "--param",
+                  "iterations=2", *extra)
         assert res.exit_code == 2, res.output
         assert needle in res.stderr, res.stderr
         assert not out.exists()
@@ -252,7 +253,7 @@ def test_masks_and_new_weights_on_one_tensor_combine_data_free(monkeypatch, tmp_
 
 
 def test_a_method_that_needs_data_refuses_to_run_without(tmp_path, mnist_model):
-    res = run("repair", mnist_model, "--out", tmp_path / "o.onnx")
+    res = run("repair", mnist_model, "--method", "anp", "--out", tmp_path / "o.onnx")
     assert res.exit_code == 2 and "needs clean images" in res.stderr, res.stderr
 
 
@@ -282,3 +283,9 @@ def test_virtual_batchnorm_starts_as_the_identity_and_folds_back(tmp_path, cifar
     rep = repair_model(src, cifar_images, "ft", tmp_path / "o.onnx",
                        {"iterations": 4, "batch_size": 16, "schedule": "constant"})
     assert rep.parity_max_abs <= 1e-4 and rep.log["unfolded"] == len(convs)
+
+
+def test_the_default_method_is_clp_and_runs_on_the_model_alone(tmp_path, mnist_model):
+    res = run("repair", mnist_model, "--out", tmp_path / "o.onnx", "--json")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert json.loads(res.stdout)["method"] == "clp" and (tmp_path / "o.onnx").is_file()

@@ -41,7 +41,7 @@ def test_bench_runs_resumes_and_writes_tables(tmp_path, tiny_backdoor):
     assert rows[1]["rewritten"] > 0 and rows[1]["peak_mb"] > 0
     table = out.read_text()
     assert "| mnist/badnets-t0-s0 | as built | clp |" in table and "Means over" in table
-    assert json.loads(out.with_suffix(".json").read_text())[0]["key"] == rows[0]["key"]
+    assert {r["key"] for r in json.loads(out.with_suffix(".json").read_text())} == {r["key"] for r in rows}
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0 and "2 of 2 jobs ok" in again.output
     assert len(results.read_text().splitlines()) == 2  # nothing ran twice

@@ -165,18 +165,24 @@ def _repair_process(job: Job, clean: Path, n_clean: int, out: Path) -> tuple[dic
     return json.loads(proc.stdout), wall
 
 
-def run_bench(zoo_dir, jobs: list[Job], results: Path, *, n_clean: int = 500, config=None, cache_dir=None,
-              on_event: Callable[[str, Job, dict | None], None] | None = None) -> list[dict]:
-    """Run every job not yet in ``results`` (JSON lines, appended as each finishes); return all rows
-    of these jobs."""
-    zoo_dir = Path(zoo_dir)
-    say = on_event or (lambda *a: None)
+def read_results(results: Path) -> dict[str, dict]:
+    """Every row of a results file by job key (a later line for the same key wins)."""
     done = {}
     if results.is_file():
         for line in results.read_text().splitlines():
             if line.strip():
                 row = json.loads(line)
                 done[row["key"]] = row
+    return done
+
+
+def run_bench(zoo_dir, jobs: list[Job], results: Path, *, n_clean: int = 500, config=None, cache_dir=None,
+              on_event: Callable[[str, Job, dict | None], None] | None = None) -> list[dict]:
+    """Run every job not yet in ``results`` (JSON lines, appended as each finishes); return all rows
+    of these jobs."""
+    zoo_dir = Path(zoo_dir)
+    say = on_event or (lambda *a: None)
+    done = read_results(results)
     sets = _Sets(zoo_dir, Path(config) if config else None, cache_dir)
     befores: dict[str, dict] = {}
     rows = []

@@ -37,7 +37,7 @@ def repair(zoo_dir, config, methods, n_clean, only, folded, params, results, out
     """Run repair methods on every zoo model (and its folded copy), resumably; write the tables."""
     import json
 
-    from ..bench.repair import markdown, method_variants, plan, run_bench
+    from ..bench.repair import markdown, method_variants, plan, read_results, run_bench
     from ..errors import SpecError
     from ..options import parse_assignments
     from ..repair import METHODS
@@ -74,10 +74,12 @@ def repair(zoo_dir, config, methods, n_clean, only, folded, params, results, out
 
     rows = run_bench(zoo_dir, jobs, Path(results), n_clean=n_clean, config=config, cache_dir=CACHE_DIR,
                      on_event=show)
-    atomic_write_bytes(out, markdown(rows).encode())
-    atomic_write_bytes(Path(out).with_suffix(".json"), json.dumps(rows, indent=1, sort_keys=True).encode())
+    every = list(read_results(Path(results)).values())  # the tables cover every result the file holds
+    atomic_write_bytes(out, markdown(every).encode())
+    atomic_write_bytes(Path(out).with_suffix(".json"), json.dumps(every, indent=1, sort_keys=True).encode())
     ok = sum(r["status"] == "ok" for r in rows)
-    click.echo(f"{ok} of {len(rows)} jobs ok; wrote {out} and {Path(out).with_suffix('.json')}")
+    click.echo(f"{ok} of {len(rows)} jobs ok; wrote {out} and {Path(out).with_suffix('.json')} "
+               f"({len(every)} results)")
 
 
 def _pct(v) -> str:

@@ -53,3 +53,25 @@ def test_bench_plan_lists_folded_copies_only_for_bn_models(tmp_path, tiny_backdo
     res = CliRunner().invoke(main, ["bench", "repair", "--zoo", str(zoo), "--methods", "clp", "--plan"])
     assert res.exit_code == 0, res.output
     assert "as built" in res.output and "folded" not in res.output and "1 jobs" in res.output
+
+
+def test_fold_copy_removes_batchnorm_and_keeps_the_function(tmp_path):
+    import onnx
+    import torch
+
+    from backdoor_audit.bench.repair import fold_copy
+    from backdoor_audit.export.session import make_session, run_logits
+    from backdoor_audit.models import build_model
+
+    from conftest import export, randomise_bn
+
+    torch.manual_seed(0)
+    src = export(randomise_bn(build_model("small-resnet", (3, 32, 32), 10)), (3, 32, 32), tmp_path / "bn.onnx",
+                 "legacy17-bn")
+    dst = fold_copy(src, tmp_path / "folded" / "bn.onnx")
+    ops = {n.op_type for n in onnx.load(str(dst)).graph.node}
+    assert "BatchNormalization" in {n.op_type for n in onnx.load(str(src)).graph.node}
+    assert "BatchNormalization" not in ops
+    x = np.random.default_rng(1).random((4, 3, 32, 32), dtype=np.float32)
+    assert np.abs(run_logits(make_session(src), x) - run_logits(make_session(dst), x)).max() <= 1e-3
+    assert {p.key for p in onnx.load(str(dst)).metadata_props} == {p.key for p in onnx.load(str(src)).metadata_props}

@@ -12,6 +12,7 @@ fuses Conv + BatchNormalization, as an eval-mode export does) and checked agains
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import subprocess
@@ -32,7 +33,7 @@ from ..data import load_images
 from ..errors import SpecError
 from ..evaluation.evaluate import evaluate
 from ..export.session import make_session, run_logits
-from ..graph.load import load_model
+from ..graph.load import input_dims, load_model
 from ..graph.neurons import build_inventory
 from ..inputs import model_preprocess
 from ..options import parse_assignments
@@ -75,19 +76,13 @@ def fold_copy(src: Path, dst: Path) -> Path:
         proto = load_model(out)
         del proto.metadata_props[:]
         proto.metadata_props.extend(load_model(src).metadata_props)
-        shape = [d if isinstance(d, int) else 8 for d in _dims(proto)]
+        shape = [d if isinstance(d, int) and d > 0 else 8 for d in input_dims(proto)]  # dynamic dims: 8
         x = np.random.default_rng(0).random(shape, dtype=np.float32)
         gap = float(np.abs(run_logits(make_session(src), x) - run_logits(make_session(out), x)).max())
         if gap > FOLD_TOL:
             raise SpecError(f"folded copy of {src} differs from it by {gap:.1e}")
         atomic_write_bytes(dst, proto.SerializeToString())
     return dst
-
-
-def _dims(proto) -> list:
-    from ..graph.load import input_dims
-
-    return [d if isinstance(d, int) and d > 0 else 8 for d in input_dims(proto)]
 
 
 def method_variants(text: str) -> list[tuple[str, str, dict[str, str]]]:
@@ -107,8 +102,6 @@ def plan(zoo_dir: Path, methods: list[tuple[str, str, dict[str, str]]], only: li
     copies first, then GTSRB, then MNIST, then the rest (clean models last in each set).
     ``methods`` are (label, method, options) from :func:`method_variants`; ``params`` more options
     per method name, for every variant of it."""
-    import fnmatch
-
     manifest = read_manifest(zoo_dir)
     order = {"cifar10": 0, "gtsrb": 1, "mnist": 2}
     rows = [r for r in manifest.values() if not only or any(fnmatch.fnmatch(r["id"], g) for g in only)]

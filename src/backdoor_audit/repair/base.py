@@ -91,6 +91,12 @@ class RepairResult:
         return out
 
 
+def layer_limit(values: np.ndarray, u: float) -> float:
+    """``mean + u * std`` of one layer's per-neuron scores (std with Bessel's correction, as the
+    authors' ``torch.std``; 0 for a single neuron): the outlier rule of CLP, BNP and EP."""
+    return float(values.mean() + u * (values.std(ddof=1) if values.size > 1 else 0.0))
+
+
 def register_method(name: str, *, summary: str, source: str, needs: str | tuple[str, ...],
                     options: list[Option]) -> Callable[[Callable[..., RepairResult]], Callable[..., RepairResult]]:
     """Register ``run(ctx, **options) -> RepairResult`` under ``name`` with its option schema."""

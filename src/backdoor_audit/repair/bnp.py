@@ -23,7 +23,7 @@ import torch
 
 from ..errors import SpecError
 from ..options import Option
-from .base import RepairContext, RepairResult, register_method
+from .base import RepairContext, RepairResult, layer_limit, register_method
 
 OPTIONS = [
     Option("u", float, 3.0, "prune channels whose KL divergence exceeds mean + u * std of their layer",
@@ -67,7 +67,7 @@ def run_bnp(ctx: RepairContext, *, u: float, n_images: int) -> RepairResult:
         mu2 = ex.value(layer.mean).detach().double().cpu().numpy()
         v2 = ex.value(layer.var).detach().double().cpu().numpy()
         kl = kl_divergence(mu1, np.maximum(v1, 1e-12), mu2, np.maximum(v2, 1e-12))
-        limit = kl.mean() + u * (kl.std(ddof=1) if kl.size > 1 else 0.0)
+        limit = layer_limit(kl, u)
         masks[layer.name] = (kl <= limit).astype(np.float32)
         scores[layer.name] = kl.astype(np.float32)
     return RepairResult("bnp", {"u": u, "n_images": n_images}, masks=masks, semantics="keep-bias", scores=scores,

@@ -25,7 +25,7 @@ from ..graph.model import accuracy
 from ..graph.modulate import Modulation
 from ..graph.neurons import Layer
 from ..options import Option
-from .base import RepairContext, RepairResult, register_method
+from .base import RepairContext, RepairResult, layer_limit, register_method
 
 OPTIONS = [
     Option("u", float, 3.0, "prune channels whose UCLC exceeds mean + u * std of their layer",
@@ -72,7 +72,7 @@ def run_clp(ctx: RepairContext, *, u: float, max_acc_drop: float | None, u_max: 
         u, log = _search_u(ctx, uclc, u, u_max, max_acc_drop)
     masks, thresholds = {}, {}
     for name, values in uclc.items():
-        limit = values.mean() + u * (values.std(ddof=1) if values.size > 1 else 0.0)
+        limit = layer_limit(values, u)
         masks[name] = (values <= limit).astype(np.float32)
         thresholds[name] = float(limit)
     log.update(u=u, thresholds=thresholds, layers=len(masks))
@@ -91,8 +91,7 @@ def _search_u(ctx: RepairContext, uclc: dict[str, np.ndarray], u: float, u_max: 
     with mod:
         base = accuracy(ctx.executor, x, y)
         while True:
-            mod.set_masks({n: (v <= v.mean() + u * (v.std(ddof=1) if v.size > 1 else 0.0)).astype(np.float32)
-                           for n, v in uclc.items()})
+            mod.set_masks({n: (v <= layer_limit(v, u)).astype(np.float32) for n, v in uclc.items()})
             drop = base - accuracy(ctx.executor, x, y)
             tried.append({"u": u, "acc_drop": round(drop, 2)})
             if drop <= max_drop or u >= u_max:

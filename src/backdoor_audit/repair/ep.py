@@ -20,7 +20,7 @@ import torch
 
 from ..errors import SpecError
 from ..options import Option
-from .base import RepairContext, RepairResult, register_method
+from .base import RepairContext, RepairResult, layer_limit, register_method
 
 OPTIONS = [
     Option("u", float, 3.0, "prune neurons whose entropy is below mean - u * std of their layer",
@@ -76,7 +76,7 @@ def run_ep(ctx: RepairContext, *, u: float, step: float, n_images: int) -> Repai
         feats = torch.cat(maxima[t], dim=1)
         feats = (feats - feats.mean(-1, keepdim=True)) / feats.std(-1, keepdim=True).clamp_min(1e-12)
         ent = histogram_entropy(feats, step).cpu().numpy()
-        limit = ent.mean() - u * (ent.std(ddof=1) if ent.size > 1 else 0.0)
+        limit = layer_limit(ent, -u)  # low entropy is the outlier
         masks[layer.name] = (ent >= limit).astype(np.float32)
         scores[layer.name] = ent.astype(np.float32)
     return RepairResult("ep", {"u": u, "step": step, "n_images": n_images}, masks=masks, semantics="keep-bias",

@@ -17,6 +17,7 @@ import torch
 
 from ..data.splits import holdout_split
 from ..errors import SpecError
+from ..graph.model import accuracy
 from ..graph.modulate import Modulation
 from ..options import Option
 from .base import RepairContext, RepairResult, register_method
@@ -30,11 +31,6 @@ OPTIONS = [
            maximum=1, open_min=True, open_max=True),
     *finetune_options(lr=0.01, iterations=2000, source="ANP Sec. 4.1 (FP baseline, 2000 iterations)"),
 ]
-
-
-def _accuracy(ex, x: torch.Tensor, y: torch.Tensor) -> float:
-    with torch.no_grad():
-        return float((ex(x).argmax(1) == y).float().mean() * 100)
 
 
 @register_method("fp", summary="fine-pruning: prune the last conv layer's dormant channels while held-out clean "
@@ -58,12 +54,12 @@ def run_fp(ctx: RepairContext, **opts) -> RepairResult:
     mod = Modulation(ex, [unit], bias_follows_mask=True)
     mask = np.ones(unit.size, np.float32)
     with mod:
-        base = _accuracy(ex, x[hold_idx], y[hold_idx])
+        base = accuracy(ex, x[hold_idx], y[hold_idx])
         pruned = 0
         for k in order[:-1]:  # never the whole layer
             mask[k] = 0
             mod.set_masks({unit.name: mask})
-            if base - _accuracy(ex, x[hold_idx], y[hold_idx]) > opts["max_acc_drop"]:
+            if base - accuracy(ex, x[hold_idx], y[hold_idx]) > opts["max_acc_drop"]:
                 mask[k] = 1
                 break
             pruned += 1

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ..data.splits import holdout_split
 from ..graph.masks import batches
+from ..graph.model import accuracy
 from ..graph.modulate import Modulation
 from ..options import Option
 from .base import RepairContext, RepairResult, register_method
@@ -44,12 +45,6 @@ OPTIONS = [
            optional=True),
     Option("include_head", bool, False, "also mask the classifier head"),
 ]
-
-
-def _accuracy(ex, x, y) -> float:
-    with torch.no_grad():
-        return float((torch.cat([ex(x[i:i + 256]).argmax(1) for i in range(0, len(x), 256)]) == y)
-                     .float().mean())
 
 
 @register_method("rnp", summary="Reconstructive Neuron Pruning: unlearn the clean images, recover with neuron "
@@ -131,10 +126,10 @@ def _held_out_threshold(ctx, units, scores, x, y, max_drop: float) -> float:
     within ``max_drop`` points of the unpruned model's."""
     mod = Modulation(ctx.executor, units)
     with mod:
-        base = _accuracy(ctx.executor, x, y) * 100
+        base = accuracy(ctx.executor, x, y)
         best = 0.0
         for t in np.arange(0.0, 0.9 + 1e-9, 0.05):
             mod.set_masks({n: (s >= t).astype(np.float32) for n, s in scores.items()})
-            if base - _accuracy(ctx.executor, x, y) * 100 <= max_drop:
+            if base - accuracy(ctx.executor, x, y) <= max_drop:
                 best = float(t)
     return best

@@ -15,12 +15,17 @@ from backdoor_audit.repair.run import repair_model
 # small settings so each case runs in seconds; (options, ASR after at most)
 CASES = {
     "anp": ({"iterations": 30, "batch_size": 64}, None),
+    "bcu": ({"epochs": 4, "batch_size": 64}, None),
     "bnp": ({}, None),  # on the BN model below; on the BN-free tiny model it refuses
     "ep": ({}, None),  # with the poisoned training set below
     "clp": ({}, None),
     "fp": ({"iterations": 60, "batch_size": 64}, None),
     "ft": ({"iterations": 60, "batch_size": 64}, None),
     "ft-sam": ({"epochs": 10, "batch_size": 64}, None),
+    "i-bau": ({"rounds": 2}, None),
+    "mcr": ({"ft_epochs": 3, "epochs": 3, "batch_size": 64}, None),
+    "npd": ({"warm_epochs": 1, "epochs": 3, "batch_size": 64}, None),
+    "sau": ({"rounds": 3, "batch_size": 64}, None),
     "nad": ({"teacher_epochs": 2, "epochs": 3, "lr": 0.01, "betas": "500,1000"}, None),  # MNIST CNN: two stages
     "wiper": ({"epochs": 3, "batch_size": 64}, None),
     "fst": ({"epochs": 10, "batch_size": 64}, None),  # the head is re-drawn: it needs its steps

@@ -31,7 +31,7 @@ class Fitted:
 
     raw: torch.Tensor
     x: torch.Tensor
-    y: torch.Tensor
+    y: torch.Tensor | None  # None for an unlabeled set
     preprocess: Preprocess
 
 
@@ -40,4 +40,5 @@ def fit_images(proto: onnx.ModelProto, images: ImageSet, device: torch.device, l
     """Check that ``images`` fit ``proto`` (DataError otherwise) and put them on ``device``."""
     pre = model_preprocess(proto, images, layout=layout, mean=mean, std=std)
     raw = torch.from_numpy(np.ascontiguousarray(images.x, dtype=np.float32)).to(device)
-    return Fitted(raw, pre.torch(raw), torch.from_numpy(images.y.astype(np.int64)).to(device), pre)
+    y = torch.from_numpy(images.y.astype(np.int64)).to(device) if images.labeled else None
+    return Fitted(raw, pre.torch(raw), y, pre)

@@ -186,7 +186,7 @@ def run_bench(zoo_dir, jobs: list[Job], results: Path, *, n_clean: int = 500, co
         model_sha = sha256_file(job.path)
         clean = sets.clean(job.row["set"])
         key = job.key(model_sha, sha256_file(clean), n_clean)
-        if key in done:
+        if key in done and "internal error" not in done[key].get("error", ""):  # a crash is retried
             rows.append(done[key])
             say("skip", job, done[key])
             continue

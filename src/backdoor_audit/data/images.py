@@ -7,9 +7,13 @@ from dataclasses import dataclass
 import numpy as np
 
 
+UNLABELED = -1
+
+
 @dataclass
 class ImageSet:
-    """Images as float32 NCHW in [0, 1] with int64 labels.
+    """Images as float32 NCHW in [0, 1] with int64 labels (``UNLABELED``, -1, for images of a folder
+    without class subfolders: usable where labels are not, e.g. a distillation defence).
 
     ``classes`` holds class names when the source had them (image folders), else None.
     ``source`` names where the images came from, for error messages and provenance.
@@ -26,6 +30,11 @@ class ImageSet:
     def subset(self, idx: np.ndarray | list[int] | slice) -> "ImageSet":
         """Return the images at ``idx`` (an index array, mask or slice) as a new set."""
         return ImageSet(x=self.x[idx], y=self.y[idx], classes=self.classes, source=self.source)
+
+    @property
+    def labeled(self) -> bool:
+        """Whether every image has a class label."""
+        return not bool((self.y < 0).any())
 
     @property
     def num_classes(self) -> int:

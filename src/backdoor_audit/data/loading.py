@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
 from ..util import atomic_output, sha256_file
-from .images import ImageSet
+from .images import UNLABELED, ImageSet
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 SPLIT_NAMES = ("train", "test", "val", "valid", "validation")
@@ -219,7 +219,7 @@ def _split_level(entries: list[_Entry], source: str) -> int | None:
             raise DataError(f"{name} is not at the same folder depth as {entries[0][1]}; "
                             "expected <class>/<image> files")
     if depth < 2:
-        raise DataError(f"{source} has images but no class subfolders; expected <class>/<image> files")
+        return None  # images without class subfolders: an unlabeled set
     has_split = depth >= 3 and all(parts[depth - 3] in SPLIT_NAMES for parts, _, _ in entries)
     prefix_len = depth - (3 if has_split else 2)
     prefixes = {parts[:prefix_len] for parts, _, _ in entries}
@@ -255,6 +255,13 @@ def list_splits(path: str | os.PathLike) -> list[str]:
 def _decode_entries(entries: list[_Entry], source: str, split: str | None, limit: int | None) -> ImageSet:
     """Pick the split, assign labels from class folder names and decode the images."""
     level = _split_level(entries, source)
+    if len(entries[0][0]) == 1:  # no class folders: unlabeled images
+        if split is not None:
+            raise DataError(f"{source} holds images without class or split folders; there is no split {split!r}")
+        chosen = sorted(entries, key=lambda e: e[0])[:limit]
+        x = _decode_images(chosen, source)
+        return ImageSet(x=_to_unit_float(x, source), y=np.full(len(chosen), UNLABELED, dtype=np.int64),
+                        classes=None, source=source)
     classes = sorted({parts[-2] for parts, _, _ in entries})
     if level is not None:
         splits = sorted({parts[level] for parts, _, _ in entries})
@@ -342,7 +349,7 @@ def _load_cached(
             with np.load(cache_file, allow_pickle=False) as cached:
                 x = cached["x"].astype(np.float32) / np.float32(255.0)
                 classes = [str(c) for c in cached["classes"].tolist()]
-                return ImageSet(x=x, y=cached["y"].astype(np.int64), classes=classes, source=str(p))
+                return ImageSet(x=x, y=cached["y"].astype(np.int64), classes=classes or None, source=str(p))
         except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             pass  # a damaged cache entry is rebuilt below
     images = load()

@@ -6,6 +6,10 @@ other slot it is replaced in place under the same name; where it is shared (expo
 deduplicate equal tensors, e.g. two zero biases behind an Identity) the slot alone is rewired
 to a new initializer ``<name>::<node>`` so the other readers keep their value.
 
+An :class:`Insert` adds one node: a pointwise (1x1) convolution with its own weight and bias on
+one input slot of one node, the only reader of its output (a method that inserts a layer, as
+NPD's polariser does); it is placed right before that node, so the node order stays topological.
+
 Provenance (tool version, method, parameters, source sha256) is added to ``metadata_props``
 under ``backdoor_audit.provenance``; the result passes ``onnx.checker`` (full) and strict shape
 inference, and is written atomically.
@@ -39,6 +43,33 @@ class Write:
     values: np.ndarray
 
 
+@dataclass(frozen=True)
+class Insert:
+    node: str  # unique node name whose input slot gets the new layer
+    input_index: int
+    weight: np.ndarray  # (C, C, 1, 1): a 1x1 Conv over the slot's 4-D tensor
+    bias: np.ndarray  # (C,)
+    name: str  # the new node's name (its initializers are <name>.weight and <name>.bias)
+
+
+def _insert(graph: gs.Graph, by_name: dict, ins: Insert) -> None:
+    node = by_name.get(ins.node)
+    if node is None or ins.input_index >= len(node.inputs):
+        raise ModelError(f"cannot insert '{ins.name}': node '{ins.node}' has no input slot {ins.input_index}")
+    src = node.inputs[ins.input_index]
+    if ins.weight.ndim != 4 or ins.weight.shape[2:] != (1, 1) or ins.bias.shape != (ins.weight.shape[0],):
+        raise ModelError(f"cannot insert '{ins.name}': weight {ins.weight.shape} / bias {ins.bias.shape} "
+                         "are not a 1x1 convolution")
+    dtype = src.dtype if src.dtype is not None else np.float32
+    out = gs.Variable(f"{ins.name}_output", dtype=dtype, shape=src.shape)
+    conv = gs.Node("Conv", name=ins.name, attrs={"kernel_shape": [1, 1]},
+                   inputs=[src, gs.Constant(f"{ins.name}.weight", np.ascontiguousarray(ins.weight.astype(dtype))),
+                           gs.Constant(f"{ins.name}.bias", np.ascontiguousarray(ins.bias.astype(dtype)))],
+                   outputs=[out])
+    node.inputs[ins.input_index] = out
+    graph.nodes.insert(graph.nodes.index(node), conv)
+
+
 def _slot_readers(model: onnx.ModelProto) -> dict[str, list[tuple[str, int]]]:
     """initializer name -> every (node, input slot) that reads it, directly or via Identity."""
     inits = {i.name for i in model.graph.initializer}
@@ -58,8 +89,9 @@ def _slot_readers(model: onnx.ModelProto) -> dict[str, list[tuple[str, int]]]:
     return readers
 
 
-def apply_writes(model: onnx.ModelProto, writes: list[Write]) -> tuple[onnx.ModelProto, list[str]]:
-    """Return a new model with the writes applied, and the names of any unshared copies."""
+def apply_writes(model: onnx.ModelProto, writes: list[Write],
+                 inserts: tuple[Insert, ...] | list[Insert] = ()) -> tuple[onnx.ModelProto, list[str]]:
+    """Return a new model with the writes (then the inserts) applied, and the names of any unshared copies."""
     readers = _slot_readers(model)
     graph = gs.import_onnx(model)
     tensors = graph.tensors()
@@ -79,6 +111,8 @@ def apply_writes(model: onnx.ModelProto, writes: list[Write]) -> tuple[onnx.Mode
             copy_name = f"{w.initializer}::{w.node}"
             by_name[w.node].inputs[w.input_index] = gs.Constant(copy_name, values)
             unshared.append(copy_name)
+    for ins in inserts:
+        _insert(graph, by_name, ins)
     out = gs.export_onnx(graph, do_type_check=True)
     # what graphsurgeon does not carry over
     out.ir_version = model.ir_version
@@ -123,8 +157,9 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def write_with_provenance(model: onnx.ModelProto, writes: list[Write], out_path, prov: dict) -> tuple[Path, list[str]]:
-    new, unshared = apply_writes(model, writes)
+def write_with_provenance(model: onnx.ModelProto, writes: list[Write], out_path, prov: dict,
+                          inserts: tuple[Insert, ...] | list[Insert] = ()) -> tuple[Path, list[str]]:
+    new, unshared = apply_writes(model, writes, inserts)
     if unshared:
         prov = {**prov, "unshared_initializers": unshared}
     set_metadata(new, PROVENANCE_KEY, json.dumps(prov, sort_keys=True))

@@ -3,8 +3,8 @@
 A method sees a ``RepairContext``: the suspect model as an executor, its neuron inventory and the
 defender's data, nothing else: no test data, no trigger, no attack spec, no target class (the
 package imports nothing of ``attacks`` or ``evaluation``; tests/test_layering.py enforces it). It
-returns a ``RepairResult``: 0/1 masks under a pruning semantics and/or new initializer values,
-plus a log. Export and evaluation are separate steps.
+returns a ``RepairResult``: 0/1 masks under a pruning semantics and/or new initializer values
+and/or inserted pointwise layers, plus a log. Export and evaluation are separate steps.
 
 Methods register in ``METHODS`` with their option schema (``backdoor_audit.options``) and the data
 they need: ``labeled`` clean images, ``unlabeled`` images, the ``train`` data, or ``none``.
@@ -22,6 +22,7 @@ from torch import nn
 
 from ..data import Preprocess
 from ..errors import SpecError
+from ..export.surgery import Insert
 from ..graph.executor import OnnxExecutor
 from ..graph.neurons import NeuronInventory
 from ..options import Option, Registry
@@ -57,6 +58,12 @@ class RepairContext:
     def data_free(self) -> bool:
         return self.x is None and self.unlabeled is None
 
+    @property
+    def pixels(self) -> torch.Tensor | None:
+        """Every image the defender has, labels or not (``raw`` and ``unlabeled``), as pixels."""
+        parts = [t for t in (self.raw, self.unlabeled) if t is not None]
+        return torch.cat(parts) if len(parts) > 1 else (parts[0] if parts else None)
+
     def preprocess(self, raw: torch.Tensor) -> torch.Tensor:
         """Pixels (float NCHW in [0, 1]) to model input, differentiable."""
         return self.preprocessing.torch(raw)
@@ -81,6 +88,7 @@ class RepairResult:
     semantics: str = "keep-bias"
     scores: dict[str, np.ndarray] | None = None  # layer -> continuous score (e.g. ANP mask values)
     new_weights: dict[str, np.ndarray] | None = None  # initializer name -> new value (masks apply on top)
+    inserts: list[Insert] | None = None  # new 1x1 conv layers on node input slots (graph surgery)
     log: dict[str, Any] = field(default_factory=dict)
 
     def pruned(self) -> list[tuple[str, int]]:

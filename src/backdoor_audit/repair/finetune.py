@@ -10,6 +10,7 @@ changed as ``new_weights``, and the repair writes those back.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -94,21 +95,26 @@ def finetune(ctx: RepairContext, raw: torch.Tensor, y: torch.Tensor, *, lr: floa
              stamp: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
              step_hook: Callable[[int], None] | None = None,
              forward: Callable[[torch.Tensor], torch.Tensor] | None = None, lr_steps: int | None = None,
-             unfold: str = "conv", progress_desc: str = "fine-tuning") -> dict[str, Any]:
+             unfold: str = "conv", progress_desc: str = "fine-tuning",
+             session: "Training | None" = None) -> dict[str, Any]:
     """Train ``params`` (default: every trainable weight) on pixels ``raw`` with labels ``y``.
 
     ``loss(logits, y, idx)`` replaces plain cross-entropy (idx: the batch's positions in ``raw``);
     ``stamp(pixels, idx)`` changes a batch's pixels after augmentation (e.g. a reversed trigger on
     some of them); ``step_hook(it)`` runs after each optimiser step; ``forward(model_input)`` replaces
     the executor's forward (a method that also reads intermediate tensors); ``lr_steps`` divides the
-    learning rate by 10 every that many steps (with ``schedule="constant"``). Returns a log."""
+    learning rate by 10 every that many steps (with ``schedule="constant"``); ``session``: train the
+    parameters of a :class:`Training` the caller has already entered (then ``params``, ``bn_mode``
+    and ``unfold`` are the session's). Returns a log."""
     if len(raw) == 0:
         raise SpecError("fine-tuning needs at least one clean image")
     ex = ctx.executor
-    params = params if params is not None else ctx.trainable()
-    if not params:
-        raise SpecError("the model has no trainable float weights")
-    session = Training(ctx, params, bn_mode, unfold)
+    own = session is None
+    if own:
+        params = params if params is not None else ctx.trainable()
+        if not params:
+            raise SpecError("the model has no trainable float weights")
+        session = Training(ctx, params, bn_mode, unfold)
     trained = session.parameters
     opt = torch.optim.SGD(trained, lr=lr, momentum=momentum, weight_decay=weight_decay)
     sched = make_scheduler(opt, schedule, lr, iterations)
@@ -125,7 +131,7 @@ def finetune(ctx: RepairContext, raw: torch.Tensor, y: torch.Tensor, *, lr: floa
 
         bar = tqdm(total=iterations, desc=progress_desc, unit="it", leave=False)
     losses = []
-    with session:
+    with session if own else contextlib.nullcontext():
         for it in range(iterations):
             idx = next(feed).to(raw.device)
             xb = augment_batch(raw[idx], aug, gen)

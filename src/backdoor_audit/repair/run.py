@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from ..data import ImageSet
 from ..errors import DataError, ModelError, SpecError
 from ..export.masked import mask_writes
 from ..export.session import make_session, run_logits
-from ..export.surgery import Write, provenance, write_with_provenance
+from ..export.surgery import Insert, Write, provenance, write_with_provenance
 from ..graph.load import input_dims
 from ..graph.model import OpenedModel, accuracy, open_model, predict
 from ..graph.modulate import Modulation
@@ -43,6 +44,7 @@ class RepairReport:
     parity_max_abs: float
     n_clean: int = 0
     rewritten: list[str] = field(default_factory=list)  # initializers given new values (besides masks)
+    inserted: list[str] = field(default_factory=list)  # nodes the repair added to the graph
     log: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -79,6 +81,10 @@ def repair_model(model_path, clean: ImageSet | None, method: str, out_path, opti
         raise DataError(f"repair method '{method}' needs the model's training data (--train-data)")
     if clean is not None and len(clean) == 0:
         raise DataError(f"{clean.source}: the clean set is empty")
+    if clean is not None and not clean.labeled and "labeled" in entry.needs and "unlabeled" not in entry.needs:
+        raise DataError(f"repair method '{method}' needs labeled clean images, and {clean.source} has no labels "
+                        "(<class>/<image> folders); methods that take unlabeled images: "
+                        + ", ".join(e.name for e in METHODS if "unlabeled" in e.needs))
     m = open_model(model_path, device)
     ctx = RepairContext(m.executor, m.inventory, seed=seed, progress=progress)
     if clean is not None:
@@ -91,7 +97,7 @@ def repair_model(model_path, clean: ImageSet | None, method: str, out_path, opti
     else:
         probe = ctx.train_x[:PARITY_IMAGES] if ctx.train_x is not None else _random_inputs(m, seed)
     torch.manual_seed(seed)
-    acc_before = accuracy(m.executor, ctx.x, ctx.y) if ctx.x is not None else float("nan")
+    acc_before = accuracy(m.executor, ctx.x, ctx.y) if ctx.x is not None and ctx.y is not None else float("nan")
     t0 = time.perf_counter()
     result = entry.run(ctx, **opts)
     seconds = time.perf_counter() - t0
@@ -104,6 +110,7 @@ def repair_model(model_path, clean: ImageSet | None, method: str, out_path, opti
     return RepairReport(method, _plain(result.params), str(out_path), result.pruned(), units,
                         m.inventory.total, acc_before, acc_after, seconds, peak_rss_mb(), parity,
                         n_clean=0 if clean is None else len(clean), rewritten=sorted(result.new_weights or {}),
+                        inserted=[i.name for i in result.inserts or []],
                         log={k: v for k, v in result.log.items() if k != "curve"})
 
 
@@ -139,6 +146,13 @@ def result_writes(m: OpenedModel, result: RepairResult) -> list[Write]:
     return writes
 
 
+def pointwise_conv(ins: Insert, device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What an inserted 1x1 conv computes, as an executor modulator on its slot."""
+    w = torch.as_tensor(np.asarray(ins.weight, dtype=np.float32), device=device)
+    b = torch.as_tensor(np.asarray(ins.bias, dtype=np.float32), device=device)
+    return lambda t: torch.nn.functional.conv2d(t, w.to(t.dtype), b.to(t.dtype))
+
+
 def _write_and_verify(m: OpenedModel, result: RepairResult, writes, out_path, prov, ctx: RepairContext,
                       probe: torch.Tensor):
     """Write the repaired file, then check onnxruntime's logits against the repaired executor."""
@@ -153,18 +167,23 @@ def _write_and_verify(m: OpenedModel, result: RepairResult, writes, out_path, pr
         for name, values in (result.new_weights or {}).items():
             saved[name] = ex.value(name).detach().clone()
             ex.value(name).copy_(torch.as_tensor(np.asarray(values)))
+    inserts = list(result.inserts or [])
     try:
         if mod is not None:
             mod.install()
+        for ins in inserts:
+            ex.set_modulator(ins.node, ins.input_index, pointwise_conv(ins, ex.device))
         acc_after = accuracy(ex, ctx.x, ctx.y) if ctx.x is not None and ctx.y is not None else float("nan")
         expected = predict(ex, probe).cpu().numpy()
     finally:
         if mod is not None:
             mod.remove()
+        for ins in inserts:
+            ex.set_modulator(ins.node, ins.input_index, None)
         with torch.no_grad():
             for name, old in saved.items():
                 ex.value(name).copy_(old)
-    path, _ = write_with_provenance(m.proto, writes, out_path, prov)
+    path, _ = write_with_provenance(m.proto, writes, out_path, prov, inserts)
     got = run_logits(make_session(path), probe.cpu().numpy())
     parity = float(np.abs(got - expected).max()) if expected.size else 0.0
     scale = max(1.0, float(np.abs(expected).max()) if expected.size else 1.0)

@@ -124,3 +124,64 @@ def test_wiper_adaptive_regularisation_is_continuous_and_symmetric():
     got = adaptive_reg(w).tolist()
     assert got == pytest.approx([math.e, 1.0, 0.5, 0.0, 0.5, 1.0, math.e])
     assert adaptive_reg(torch.tensor([1.0 + 1e-6])).item() == pytest.approx(1.0, abs=1e-5)  # no jump at |w| = 1
+
+
+def test_npd_polariser_starts_as_identity_and_folds_exactly():
+    import torch
+
+    from backdoor_audit.repair.npd import Polariser
+
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(64, 6, 5, 5, generator=gen) * 3 + 1
+    pol = Polariser(feats)
+    assert torch.allclose(pol(feats), feats, atol=1e-4)  # the repaired model starts as the suspect
+    with torch.no_grad():
+        pol.weight.add_(0.1 * torch.randn(6, 6, generator=gen))
+        pol.gamma.mul_(1.5)
+        pol.beta.add_(0.3)
+    w, b = pol.fold()
+    folded = torch.nn.functional.conv2d(feats, w, b)
+    assert torch.allclose(pol(feats), folded, atol=1e-4)
+
+
+def test_bcu_ratios_grow_with_depth(tiny_backdoor):
+    from backdoor_audit.graph.model import open_model
+    from backdoor_audit.inputs import fit_images
+    from backdoor_audit.repair.base import RepairContext
+    from backdoor_audit.repair.bcu import layer_ratios
+
+    path, clean, _, _ = tiny_backdoor
+    m = open_model(path, "cpu")
+    f = fit_images(m.proto, clean, m.executor.device)
+    ctx = RepairContext(m.executor, m.inventory, f.x, f.y, f.raw, f.preprocess)
+    share = layer_ratios(ctx, [0.01, 0.01, 0.03, 0.09, 0.27, 0.10])
+    convs = [l.name for l in m.inventory.layers if l.kind == "conv"]
+    head = [l.name for l in m.inventory.layers if l.head]
+    assert share[convs[0]] == 0.01 and share[convs[-1]] == 0.27  # stem, then the deepest stage
+    assert share[head[0]] == 0.10
+
+
+def test_a_chain_prunes_then_trains_and_keeps_the_pruned_neurons_off(tmp_path, tiny_backdoor):
+    """``clp+ft``: CLP's pruned channels stay zero in the written file although FT trained every
+    weight after them, the options go to their step, and the file matches the repaired executor."""
+    import onnx
+    from onnx import numpy_helper
+
+    from backdoor_audit.errors import SpecError
+    from backdoor_audit.graph.neurons import build_inventory
+
+    path, clean, _, _ = tiny_backdoor
+    out = tmp_path / "chain.onnx"
+    rep = repair_model(path, clean, "clp+ft", out, {"clp.u": 1.0, "ft.iterations": 20, "ft.batch_size": 64})
+    assert rep.parity_max_abs <= 1e-4 and rep.pruned and rep.rewritten
+    assert set(rep.log) == {"clp", "ft"} and rep.params["ft.iterations"] == 20
+    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(out)).graph.initializer}
+    inv = build_inventory(onnx.load(str(path)))
+    for layer, k in rep.pruned:
+        w = inits[inv[layer].weight]
+        assert not w.take(k, axis=inv[layer].weight_axis).any()
+    with pytest.raises(SpecError, match="has no option iterations"):
+        repair_model(path, clean, "clp+ft", tmp_path / "x.onnx", {"iterations": 20})
+    with pytest.raises(SpecError, match="unknown repair method 'nope'"):
+        repair_model(path, clean, "clp+nope", tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()

@@ -79,6 +79,7 @@ class OnnxExecutor(nn.Module):
             self._store(init.name, tensor)
         self.names = node_names(graph)
         self.nodes: list[_Node] = []
+        self._by_name: dict[str, _Node] = {}
         for name, node in zip(self.names, graph.node):
             self._add_node(name, node)
         self._last_use = self._compute_last_use()
@@ -109,6 +110,7 @@ class OnnxExecutor(nn.Module):
             self._store(node.output[0], fn(ctx, []))
             return
         self.nodes.append(_Node(ctx, list(node.input), list(node.output), fn))
+        self._by_name[ctx.name] = self.nodes[-1]
 
     def _compute_last_use(self) -> dict[str, int]:
         last = {}
@@ -130,6 +132,14 @@ class OnnxExecutor(nn.Module):
     def named_initializers(self) -> Iterable[tuple[str, torch.Tensor]]:
         for name in self._slots:
             yield name, self.value(name)
+
+    def node_input(self, name: str, index: int = 0) -> str:
+        """The tensor the node named ``name`` reads at input slot ``index``."""
+        return self._by_name[name].inputs[index]
+
+    def node_output(self, name: str, index: int = 0) -> str:
+        """The tensor the node named ``name`` writes at output ``index``."""
+        return self._by_name[name].outputs[index]
 
     def batchnorm_statistics(self) -> set[str]:
         """Names of the initializers that are BatchNormalization running means and variances."""

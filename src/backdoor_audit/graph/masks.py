@@ -45,8 +45,7 @@ def conv_statistics(executor: OnnxExecutor, layers, x: torch.Tensor, eps: float 
     """Per-channel mean and standard deviation of each conv layer's output on ``x`` (no modulation)."""
     if not layers:
         return {}
-    outputs = {n.ctx.name: n.outputs[0] for n in executor.nodes}
-    names = [outputs[l.name] for l in layers]
+    names = [executor.node_output(l.name) for l in layers]
     sums: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     with torch.no_grad():
         for i in range(0, len(x), batch_size):

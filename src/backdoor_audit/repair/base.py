@@ -25,9 +25,21 @@ from ..errors import SpecError
 from ..export.surgery import Insert
 from ..graph.executor import OnnxExecutor
 from ..graph.neurons import NeuronInventory
-from ..options import Option, Registry
+from ..options import Entry, Option, Registry
 
-METHODS = Registry("repair method")
+
+class MethodRegistry(Registry):
+    """The repair methods; a name joined by ``+`` (``clp+i-bau``) is a chain of them (repair/chain.py)."""
+
+    def get(self, name: str) -> Entry:
+        if "+" not in name:
+            return super().get(name)
+        from .chain import chain_entry
+
+        return chain_entry(name, [super(MethodRegistry, self).get(part.strip()) for part in name.split("+")])
+
+
+METHODS = MethodRegistry("repair method")
 
 
 @dataclass

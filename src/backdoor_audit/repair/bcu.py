@@ -54,11 +54,10 @@ def layer_ratios(ctx: RepairContext, ratios: list[float]) -> dict[str, float]:
     ex, inv = ctx.executor, ctx.inventory
     layers = [l for l in inv.layers if l.kind in ("conv", "linear")]
     convs = [l for l in layers if l.kind == "conv"]
-    outputs = {n.ctx.name: n.outputs[0] for n in ex.nodes}
     with torch.no_grad():
-        got = ex.run(ctx.preprocess(ctx.pixels[:2]), capture=[outputs[l.name] for l in convs])
-    sizes = {l.name: int(got[outputs[l.name]].shape[2] * got[outputs[l.name]].shape[3]) for l in convs
-             if got.get(outputs[l.name]) is not None and got[outputs[l.name]].dim() == 4}
+        got = ex.run(ctx.preprocess(ctx.pixels[:2]), capture=[ex.node_output(l.name) for l in convs])
+    shapes = {l.name: got[ex.node_output(l.name)].shape for l in convs if ex.node_output(l.name) in got}
+    sizes = {n: int(s[2] * s[3]) for n, s in shapes.items() if len(s) == 4}
     stem = convs[0].name if convs else None
     stage_sizes = sorted({s for n, s in sizes.items() if n != stem}, reverse=True)  # earliest (largest) first
     out = {}

@@ -52,8 +52,7 @@ def run_bnp(ctx: RepairContext, *, u: float, n_images: int) -> RepairResult:
         raise SpecError(f"BatchNormalization {missing[0]} reads computed statistics, not initializers")
     ex = ctx.executor
     x = ctx.x if n_images == 0 else ctx.x[:n_images]
-    inputs = {n.ctx.name: n.inputs[0] for n in ex.nodes if n.ctx.op_type == "BatchNormalization"}
-    names = [inputs[l.name] for l in bns]
+    names = [ex.node_input(l.name) for l in bns]
     parts: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     with torch.no_grad():
         for i in range(0, len(x), 256):

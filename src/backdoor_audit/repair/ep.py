@@ -55,12 +55,10 @@ def run_ep(ctx: RepairContext, *, u: float, step: float, n_images: int) -> Repai
     bns = [l for l in inv.layers if l.kind == "bn"]
     if bns:
         units = bns
-        reads = {n.ctx.name: n.inputs[0] for n in ex.nodes if n.ctx.op_type == "BatchNormalization"}
-        tensors = [reads[l.name] for l in bns]
+        tensors = [ex.node_input(l.name) for l in bns]
     else:
         units = [l for l in inv.layers if l.kind == "conv" and not l.head]
-        outs = {n.ctx.name: n.outputs[0] for n in ex.nodes}
-        tensors = [outs[l.name] for l in units]
+        tensors = [ex.node_output(l.name) for l in units]
     if not units:
         raise SpecError("ep needs BatchNormalization or convolution layers with initializer weights")
     x = ctx.train_x if n_images == 0 else ctx.train_x[:n_images]

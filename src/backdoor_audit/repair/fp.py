@@ -45,7 +45,7 @@ def run_fp(ctx: RepairContext, **opts) -> RepairResult:
     unit = inv[conv.bn] if conv.bn else conv
     keep_idx, hold_idx = holdout_split(len(x), opts["holdout"], ctx.seed)
     keep_idx, hold_idx = torch.as_tensor(keep_idx), torch.as_tensor(hold_idx)
-    out_name = next(n.outputs[0] for n in ex.nodes if n.ctx.name == unit.name)
+    out_name = ex.node_output(unit.name)
     with torch.no_grad():
         act = torch.cat([ex.run(x[keep_idx[i:i + 256]], capture=[out_name])[out_name]
                          for i in range(0, len(keep_idx), 256)])

@@ -11,7 +11,9 @@ mask is below the threshold are pruned in the *original* model; nothing else cha
 Defaults are the authors' main.py. Their code then sweeps the pruning threshold and reads the
 result on test data; we prune at a fixed threshold of 0.2 (ANP's) instead, or at the largest
 threshold whose held-out clean accuracy stays within ``max_acc_drop`` of the original when that is
-given. Units are BN channels where BN is kept and conv/linear channels where it was folded (as ANP).
+given. Units are BN channels where BN is kept and conv/linear channels where it was folded (as ANP);
+on a folded file the unlearning runs with BN put back behind the convs (``unfold=conv``, as the
+fine-tuning methods), folded in again before the masks are recovered.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from ..graph.model import accuracy
 from ..graph.modulate import Modulation
 from ..options import Option
 from .base import RepairContext, RepairResult, register_method
-from .finetune import WeightEdit
+from .finetune import UNFOLD, Training, WeightEdit
 
 SOURCE = "RNP authors' main.py"
 OPTIONS = [
@@ -44,6 +46,7 @@ OPTIONS = [
            "whose accuracy on a held-out 20% of the clean images drops at most this many points", minimum=0,
            optional=True),
     Option("include_head", bool, False, "also mask the classifier head"),
+    UNFOLD,
 ]
 
 
@@ -66,15 +69,13 @@ def run_rnp(ctx: RepairContext, **opts) -> RepairResult:
     units = ctx.inventory.units(include_head=opts["include_head"])
     log: dict = {}
     with WeightEdit(ctx):  # the unlearned weights are thrown away: only the masks are kept
-        params = ctx.trainable()
-        for p in params.values():
-            p.requires_grad_(True)
-        opt = torch.optim.SGD(list(params.values()), lr=opts["unlearn_lr"], momentum=0.9, weight_decay=5e-4)
+        session = Training(ctx, ctx.trainable(), "update", opts["unfold"])
+        trained = session.parameters
+        opt = torch.optim.SGD(trained, lr=opts["unlearn_lr"], momentum=0.9, weight_decay=5e-4)
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[10, 20], gamma=0.1)
         feed = batches(len(x_fit), bs, gen)
-        previous = ex.batchnorm_mode("update")
         epochs_run, acc = 0, 1.0
-        try:
+        with session:  # on a folded file with unfold=conv, the put-back BN is folded in on leaving
             for epoch in range(opts["unlearn_epochs"]):
                 correct = 0
                 for _ in range(per_epoch):
@@ -84,21 +85,18 @@ def run_rnp(ctx: RepairContext, **opts) -> RepairResult:
                     correct += int((logits.detach().argmax(1) == y_fit[idx]).sum())
                     opt.zero_grad(set_to_none=True)
                     (-loss).backward()
-                    torch.nn.utils.clip_grad_norm_(list(params.values()), max_norm=20)
+                    torch.nn.utils.clip_grad_norm_(trained, max_norm=20)
                     opt.step()
                 sched.step()
                 epochs_run, acc = epoch + 1, correct / (per_epoch * bs)
                 if acc <= opts["clean_threshold"]:
                     break
-        finally:
-            for p in params.values():
-                p.requires_grad_(False)
         log.update(unlearn_epochs=epochs_run, unlearned_accuracy=acc)
         # recovery: masks on the unlearned model
         mod = Modulation(ex, units)
         mod.mask.requires_grad_(True)
         mopt = torch.optim.SGD([mod.mask], lr=opts["recover_lr"], momentum=0.9)
-        ex.batchnorm_mode("batch")
+        previous = ex.batchnorm_mode("batch")
         try:
             with mod:
                 for _ in range(opts["recover_epochs"] * per_epoch):

@@ -53,6 +53,24 @@ def test_bench_plan_lists_folded_copies_only_for_bn_models(tmp_path, tiny_backdo
     res = CliRunner().invoke(main, ["bench", "repair", "--zoo", str(zoo), "--methods", "clp", "--plan"])
     assert res.exit_code == 0, res.output
     assert "as built" in res.output and "folded" not in res.output and "1 jobs" in res.output
+    only = CliRunner().invoke(main, ["bench", "repair", "--zoo", str(zoo), "--methods", "clp", "--plan",
+                                     "--folded-only"])
+    assert only.exit_code == 0 and "0 jobs" in only.output  # no BN, so no folded copy and nothing else
+
+
+def test_bench_retries_a_crashed_job_but_keeps_a_refusal(tmp_path, tiny_backdoor):
+    zoo = _zoo(tmp_path, tiny_backdoor)
+    results = tmp_path / "r.jsonl"
+    args = ["bench", "repair", "--zoo", str(zoo), "--methods", "clp,bnp", "--clean", "300", "--results",
+            str(results), "--out", str(tmp_path / "b.md")]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    rows = [json.loads(l) for l in results.read_text().splitlines()]
+    assert rows[1]["status"] == "failed" and "BatchNormalization" in rows[1]["error"]  # bnp's refusal
+    rows[0].update(status="failed", error="error: internal error: RuntimeError: boom")
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0
+    assert again.output.count(" ... ") == 1 and "mnist/badnets-t0-s0 (as built) clp ..." in again.output
 
 
 def test_fold_copy_removes_batchnorm_and_keeps_the_function(tmp_path):

@@ -97,11 +97,12 @@ def method_variants(text: str) -> list[tuple[str, str, dict[str, str]]]:
 
 
 def plan(zoo_dir: Path, methods: list[tuple[str, str, dict[str, str]]], only: list[str] | None, folded: bool,
-         params: dict[str, dict[str, Any]] | None = None) -> list[Job]:
+         params: dict[str, dict[str, Any]] | None = None, *, as_built: bool = True) -> list[Job]:
     """The jobs, in the order the issue asks for: CIFAR-10 dirty-label models and their folded
     copies first, then GTSRB, then MNIST, then the rest (clean models last in each set).
     ``methods`` are (label, method, options) from :func:`method_variants`; ``params`` more options
-    per method name, for every variant of it."""
+    per method name, for every variant of it; ``as_built`` False leaves out the files as they are
+    (only their folded copies)."""
     manifest = read_manifest(zoo_dir)
     order = {"cifar10": 0, "gtsrb": 1, "mnist": 2}
     rows = [r for r in manifest.values() if not only or any(fnmatch.fnmatch(r["id"], g) for g in only)]
@@ -113,7 +114,7 @@ def plan(zoo_dir: Path, methods: list[tuple[str, str, dict[str, str]]], only: li
     jobs = []
     for r in sorted(rows, key=rank):
         src = zoo_dir / r["file"]
-        variants = [("as built", src)]
+        variants = [("as built", src)] if as_built else []
         if folded and build_inventory(load_model(src)).batchnorm_state == "kept":
             variants.append(("folded", zoo_dir / ".folded" / r["file"]))
         for variant, path in variants:

@@ -25,6 +25,7 @@ def bench():
 @click.option("--only", multiple=True, help="zoo ids matching this glob, e.g. 'cifar10/*' (repeatable)")
 @click.option("--folded/--no-folded", default=True, show_default=True,
               help="also repair a BN-folded copy of every model that keeps BatchNorm")
+@click.option("--folded-only", is_flag=True, help="repair only the BN-folded copies (of models that keep BN)")
 @click.option("--param", "params", multiple=True, metavar="METHOD.KEY=VALUE",
               help="a method option for this run, e.g. anp.iterations=200 (repeatable)")
 @click.option("--results", type=click.Path(), default="docs/bench-repair.jsonl", show_default=True,
@@ -33,7 +34,7 @@ def bench():
               help="the Markdown table (and the same rows as JSON beside it)")
 @click.option("--plan", "plan_only", is_flag=True, help="list the jobs and stop")
 @handle_errors
-def repair(zoo_dir, config, methods, n_clean, only, folded, params, results, out, plan_only):
+def repair(zoo_dir, config, methods, n_clean, only, folded, folded_only, params, results, out, plan_only):
     """Run repair methods on every zoo model (and its folded copy), resumably; write the tables."""
     import json
 
@@ -52,7 +53,7 @@ def repair(zoo_dir, config, methods, n_clean, only, folded, params, results, out
         if not sep:
             raise SpecError(f"--param {key}: name the method, as METHOD.KEY=VALUE")
         per_method.setdefault(method, {})[option] = value
-    jobs = plan(Path(zoo_dir), variants, list(only), folded, per_method)
+    jobs = plan(Path(zoo_dir), variants, list(only), folded or folded_only, per_method, as_built=not folded_only)
     if plan_only:
         for j in jobs:
             click.echo(f"{j.model_id:32s} {j.variant:9s} {j.label}")

@@ -285,7 +285,12 @@ def test_virtual_batchnorm_starts_as_the_identity_and_folds_back(tmp_path, cifar
     assert rep.parity_max_abs <= 1e-4 and rep.log["unfolded"] == len(convs)
 
 
-def test_the_default_method_is_clp_and_runs_on_the_model_alone(tmp_path, mnist_model):
+def test_the_default_is_clp_then_i_bau_with_data_and_clp_alone_without(tmp_path, mnist_model, clean_npz):
     res = run("repair", mnist_model, "--out", tmp_path / "o.onnx", "--json")
     assert res.exit_code == 0, res.output + res.stderr
     assert json.loads(res.stdout)["method"] == "clp" and (tmp_path / "o.onnx").is_file()
+    res = run("repair", mnist_model, "--data", clean_npz, "--out", tmp_path / "d.onnx", "--json",
+              "--param", "i-bau.rounds=1")
+    assert res.exit_code == 0, res.output + res.stderr
+    report = json.loads(res.stdout)
+    assert report["method"] == "clp+i-bau" and set(report["log"]) == {"clp", "i-bau"}

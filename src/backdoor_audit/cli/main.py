@@ -15,9 +15,6 @@ from .common import CACHE_DIR, data_options, floats, handle_errors, load, load_t
 from .bench import bench
 from .zoo import zoo
 
-DEFAULT_METHOD = "clp"  # chosen once from the benchmark (docs/repair.md), not per model
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="backdoor-audit")
 def main():
@@ -58,9 +55,9 @@ def inspect(model, as_json):
 @main.command()
 @click.argument("model", type=click.Path(), required=False)
 @data_options(required=False)
-@click.option("--method", default=DEFAULT_METHOD, show_default=True,
-              help="defence method (see --list); the default is the one that removed the most backdoors from "
-                   "BN-folded zoo files in docs/repair.md's benchmark")
+@click.option("--method", default=None,
+              help="defence method (see --list), or methods joined by + (clp+i-bau); default: clp+i-bau with "
+                   "--data (it removed the most backdoors from BN-folded zoo files, docs/repair.md), clp without")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
               help="a method option, e.g. --param eps=0.3 (repeatable; --list shows every option)")
 @click.option("--out", "out", type=click.Path(), help="where to write the repaired ONNX")
@@ -78,7 +75,7 @@ def repair(model, data, split, layout, mean, std, device, method, params, out, n
     """Repair MODEL with a defence method on the defender's clean data; write --out."""
     from ..options import parse_assignments
     from ..repair import METHODS
-    from ..repair.run import repair_model
+    from ..repair.run import default_method, repair_model
 
     if list_methods:
         for entry in METHODS:
@@ -88,6 +85,7 @@ def repair(model, data, split, layout, mean, std, device, method, params, out, n
         raise click.UsageError("MODEL is required (or --list)")
     if not out:
         raise click.UsageError("--out is required")
+    method = method or default_method(data is not None)
     options = METHODS.get(method).resolve(parse_assignments(params))
     clean = None if data is None else load(data, split, n_clean, seed, defender=True)
     train = None if train_data is None else load_training(train_data)

@@ -23,7 +23,7 @@ from ..errors import SpecError
 from ..export.masked import SEMANTICS
 from ..graph.masks import optimize_masks
 from ..options import Option
-from .base import RepairContext, RepairResult, register_method
+from .base import RepairContext, RepairResult, mean_biases, register_method
 
 PAPER = "ANP Sec. 4.1"
 OPTIONS = [
@@ -99,21 +99,7 @@ def run_anp(ctx: RepairContext, **opts) -> RepairResult:
             bar.close()
     scores = mod.per_layer(mod.mask)
     masks = prune_masks(scores, opts["threshold"], opts["fraction"])
-    new_weights = _renorm_biases(ctx, mod, masks) if opts["semantics"] == "keep-bias" else {}
+    means = {name: mean for name, (mean, _) in mod.renorm.items()}
+    new_weights = mean_biases(ctx, means, masks) if opts["semantics"] == "keep-bias" else {}
     return RepairResult("anp", dict(opts), masks=masks, semantics=opts["semantics"], scores=scores,
                         new_weights=new_weights, log=log)
-
-
-def _renorm_biases(ctx: RepairContext, mod, masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """With ``renorm``, a pruned channel keeps its clean mean (what a kept BN's shift gives it):
-    its conv bias becomes that mean, its weight is zeroed by the mask."""
-    out = {}
-    for name, (mean, _) in mod.renorm.items():
-        layer = ctx.inventory[name]
-        pruned = np.asarray(masks[name]) < 0.5
-        if layer.bias is None or not pruned.any():
-            continue
-        bias = ctx.executor.value(layer.bias).detach().cpu().numpy().copy()
-        bias[pruned] = mean.cpu().numpy()[pruned]
-        out[layer.bias] = bias
-    return out

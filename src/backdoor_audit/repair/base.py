@@ -117,6 +117,23 @@ def layer_limit(values: np.ndarray, u: float) -> float:
     return float(values.mean() + u * (values.std(ddof=1) if values.size > 1 else 0.0))
 
 
+def mean_biases(ctx: RepairContext, means: dict[str, torch.Tensor],
+                masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """For pruning a folded conv under a re-estimated normalisation (``renorm``): a pruned channel keeps
+    its clean mean, which a kept BN's shift would give it: its bias becomes that mean (its weight is
+    zeroed by the mask). New bias values of the layers in ``means`` that prune something."""
+    out = {}
+    for name, mean in means.items():
+        layer = ctx.inventory[name]
+        pruned = np.asarray(masks[name]) < 0.5
+        if layer.bias is None or not pruned.any():
+            continue
+        bias = ctx.executor.value(layer.bias).detach().cpu().numpy().copy()
+        bias[pruned] = mean.cpu().numpy()[pruned]
+        out[layer.bias] = bias
+    return out
+
+
 def register_method(name: str, *, summary: str, source: str, needs: str | tuple[str, ...],
                     options: list[Option]) -> Callable[[Callable[..., RepairResult]], Callable[..., RepairResult]]:
     """Register ``run(ctx, **options) -> RepairResult`` under ``name`` with its option schema."""

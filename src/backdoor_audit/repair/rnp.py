@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 
 from ..data.splits import holdout_split
-from ..graph.masks import batches
+from ..graph.masks import batches, conv_statistics
 from ..graph.model import accuracy
 from ..graph.modulate import Modulation
 from ..options import Option
-from .base import RepairContext, RepairResult, register_method
+from .base import RepairContext, RepairResult, mean_biases, register_method
 from .finetune import UNFOLD, Training, WeightEdit
 
 SOURCE = "RNP authors' main.py"
@@ -67,6 +67,8 @@ def run_rnp(ctx: RepairContext, **opts) -> RepairResult:
     bs = min(opts["batch_size"], len(x_fit))
     per_epoch = len(x_fit) // bs
     units = ctx.inventory.units(include_head=opts["include_head"])
+    folded = [u for u in units if u.op == "Conv"] if opts["unfold"] == "conv" else []
+    original = conv_statistics(ex, folded, x_fit)  # where a pruned folded channel is held: its clean mean
     log: dict = {}
     with WeightEdit(ctx):  # the unlearned weights are thrown away: only the masks are kept
         session = Training(ctx, ctx.trainable(), "update", opts["unfold"])
@@ -93,7 +95,8 @@ def run_rnp(ctx: RepairContext, **opts) -> RepairResult:
                     break
         log.update(unlearn_epochs=epochs_run, unlearned_accuracy=acc)
         # recovery: masks on the unlearned model
-        mod = Modulation(ex, units)
+        # on folded convs the masks act after a re-estimated normalisation, as a kept BN's scale (ANP renorm)
+        mod = Modulation(ex, units, renorm=conv_statistics(ex, folded, x_fit), renorm_batch=True)
         mod.mask.requires_grad_(True)
         mopt = torch.optim.SGD([mod.mask], lr=opts["recover_lr"], momentum=0.9)
         previous = ex.batchnorm_mode("batch")
@@ -113,16 +116,18 @@ def run_rnp(ctx: RepairContext, **opts) -> RepairResult:
     scores = mod.per_layer(mod.mask)
     threshold = opts["threshold"]
     if held is not None:
-        threshold = _held_out_threshold(ctx, units, scores, x[held], y[held], opts["max_acc_drop"])
+        threshold = _held_out_threshold(ctx, units, scores, x[held], y[held], opts["max_acc_drop"], original)
     masks = {name: (s >= threshold).astype(np.float32) for name, s in scores.items()}
     log.update(threshold=threshold)
-    return RepairResult("rnp", dict(opts), masks=masks, semantics="keep-bias", scores=scores, log=log)
+    new = mean_biases(ctx, {name: mean for name, (mean, _) in original.items()}, masks)
+    return RepairResult("rnp", dict(opts), masks=masks, semantics="keep-bias", scores=scores,
+                        new_weights=new or None, log=log)
 
 
-def _held_out_threshold(ctx, units, scores, x, y, max_drop: float) -> float:
+def _held_out_threshold(ctx, units, scores, x, y, max_drop: float, renorm) -> float:
     """The largest threshold in 0, 0.05, ..., 0.9 whose pruned model keeps the held-out accuracy
-    within ``max_drop`` points of the unpruned model's."""
-    mod = Modulation(ctx.executor, units)
+    within ``max_drop`` points of the unpruned model's (a pruned folded channel held at its mean)."""
+    mod = Modulation(ctx.executor, units, renorm=renorm, renorm_batch=False)
     with mod:
         base = accuracy(ctx.executor, x, y)
         best = 0.0

@@ -185,3 +185,18 @@ def test_a_chain_prunes_then_trains_and_keeps_the_pruned_neurons_off(tmp_path, t
     with pytest.raises(SpecError, match="unknown repair method 'nope'"):
         repair_model(path, clean, "clp+nope", tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_npd_result_does_not_depend_on_the_progress_bar(tmp_path, tiny_backdoor):
+    import onnx
+    from onnx import numpy_helper
+
+    path, clean, _, _ = tiny_backdoor
+    opts = {"warm_epochs": 1, "epochs": 1, "batch_size": 64}
+    files = []
+    for progress in (False, True):
+        out = tmp_path / f"npd-{progress}.onnx"
+        repair_model(path, clean, "npd", out, opts, progress=progress)
+        files.append({i.name: numpy_helper.to_array(i) for i in onnx.load(str(out)).graph.initializer})
+    assert files[0].keys() == files[1].keys()
+    assert all((files[0][k] == files[1][k]).all() for k in files[0])

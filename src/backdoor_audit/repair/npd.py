@@ -140,7 +140,8 @@ def run_npd(ctx: RepairContext, **opts) -> RepairResult:
     if ctx.progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=(opts["warm_epochs"] + opts["epochs"]) * len(epoch()), desc="NPD", unit="step", leave=False)
+        per_epoch = -(-len(raw) // bs)  # counted, not drawn: a progress bar must not move the seeded order
+        bar = tqdm(total=(opts["warm_epochs"] + opts["epochs"]) * per_epoch, desc="NPD", unit="step", leave=False)
     try:
         warm = torch.optim.SGD(pol.parameters(), lr=1e-4)
         pol.train = True

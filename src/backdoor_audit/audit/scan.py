@@ -84,10 +84,10 @@ def scan_model(model_path, clean: ImageSet, *, eps_list=(0.1, 0.2, 0.3, 0.4), pr
                device=None, layout=None, mean=None, std=None, seed: int = 0,
                progress: bool = False) -> ScanReport:
     t0 = time.perf_counter()
-    m = open_model(model_path, device)
-    fitted = fit_images(m.proto, clean, m.executor.device, layout=layout, mean=mean, std=std)
     if not clean.labeled:
         raise DataError(f"{clean.source}: the scan needs labeled clean images (<class>/<image> folders)")
+    m = open_model(model_path, device)
+    fitted = fit_images(m.proto, clean, m.executor.device, layout=layout, mean=mean, std=std)
     num_classes = clean.num_classes
     if len(clean) < num_classes:
         raise DataError(f"{clean.source}: {len(clean)} clean images for {num_classes} classes; "

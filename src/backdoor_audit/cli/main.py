@@ -15,6 +15,7 @@ from .common import CACHE_DIR, data_options, floats, handle_errors, load, load_t
 from .bench import bench
 from .zoo import zoo
 
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="backdoor-audit")
 def main():

@@ -99,7 +99,6 @@ def run_anp(ctx: RepairContext, **opts) -> RepairResult:
             bar.close()
     scores = mod.per_layer(mod.mask)
     masks = prune_masks(scores, opts["threshold"], opts["fraction"])
-    means = {name: mean for name, (mean, _) in mod.renorm.items()}
-    new_weights = mean_biases(ctx, means, masks) if opts["semantics"] == "keep-bias" else {}
+    new_weights = mean_biases(ctx, mod.renorm, masks) if opts["semantics"] == "keep-bias" else {}
     return RepairResult("anp", dict(opts), masks=masks, semantics=opts["semantics"], scores=scores,
                         new_weights=new_weights, log=log)

@@ -117,13 +117,14 @@ def layer_limit(values: np.ndarray, u: float) -> float:
     return float(values.mean() + u * (values.std(ddof=1) if values.size > 1 else 0.0))
 
 
-def mean_biases(ctx: RepairContext, means: dict[str, torch.Tensor],
+def mean_biases(ctx: RepairContext, stats: dict[str, tuple[torch.Tensor, torch.Tensor]],
                 masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """For pruning a folded conv under a re-estimated normalisation (``renorm``): a pruned channel keeps
+    """For pruning a folded conv under a re-estimated normalisation (``renorm``; ``stats`` its
+    per-channel (mean, std), as ``graph.masks.conv_statistics`` gives them): a pruned channel keeps
     its clean mean, which a kept BN's shift would give it: its bias becomes that mean (its weight is
-    zeroed by the mask). New bias values of the layers in ``means`` that prune something."""
+    zeroed by the mask). New bias values of the layers in ``stats`` that prune something."""
     out = {}
-    for name, mean in means.items():
+    for name, (mean, _) in stats.items():
         layer = ctx.inventory[name]
         pruned = np.asarray(masks[name]) < 0.5
         if layer.bias is None or not pruned.any():

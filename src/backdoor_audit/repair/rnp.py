@@ -119,7 +119,7 @@ def run_rnp(ctx: RepairContext, **opts) -> RepairResult:
         threshold = _held_out_threshold(ctx, units, scores, x[held], y[held], opts["max_acc_drop"], original)
     masks = {name: (s >= threshold).astype(np.float32) for name, s in scores.items()}
     log.update(threshold=threshold)
-    new = mean_biases(ctx, {name: mean for name, (mean, _) in original.items()}, masks)
+    new = mean_biases(ctx, original, masks)
     return RepairResult("rnp", dict(opts), masks=masks, semantics="keep-bias", scores=scores,
                         new_weights=new or None, log=log)
 

@@ -294,3 +294,9 @@ def test_the_default_is_clp_then_i_bau_with_data_and_clp_alone_without(tmp_path,
     assert res.exit_code == 0, res.output + res.stderr
     report = json.loads(res.stdout)
     assert report["method"] == "clp+i-bau" and set(report["log"]) == {"clp", "i-bau"}
+    assert report["params"]["i-bau.rounds"] == 1  # the user's option wins over the default's 10
+    from backdoor_audit.repair import METHODS
+    from backdoor_audit.repair.run import default_method
+
+    name, defaults = default_method(True)
+    assert METHODS.get(name).resolve(defaults)["i-bau.rounds"] == 10

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+import torch
 
 from .. import __version__
 from ..attacks.spec import AttackSpec
@@ -201,7 +202,8 @@ def run_bench(zoo_dir, jobs: list[Job], results: Path, *, n_clean: int = 500, co
         row = {"key": key, "model": job.model_id, "variant": job.variant, "set": job.row["set"],
                "attack": job.row["attack"], "mode": job.row["mode"], "method": job.label or job.method,
                "options": job.options,
-               "n_clean": n_clean, "before": befores[model_sha], "tool": __version__}
+               "n_clean": n_clean, "before": befores[model_sha], "tool": __version__,
+               "threads": torch.get_num_threads()}  # the child inherits them (OMP_NUM_THREADS)
         out = work / f"{key}.onnx"
         try:
             rep, wall = _repair_process(job, clean, n_clean, out)

@@ -58,7 +58,8 @@ def inspect(model, as_json):
 @data_options(required=False)
 @click.option("--method", default=None,
               help="defence method (see --list), or methods joined by + (clp+i-bau); default: clp+i-bau with "
-                   "--data (it removed the most backdoors from BN-folded zoo files, docs/repair.md), clp without")
+                   "--data and 10 I-BAU rounds (it removed the most backdoors from BN-folded zoo files, "
+                   "docs/repair.md), clp without")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
               help="a method option, e.g. --param eps=0.3 (repeatable; --list shows every option)")
 @click.option("--out", "out", type=click.Path(), help="where to write the repaired ONNX")
@@ -86,8 +87,11 @@ def repair(model, data, split, layout, mean, std, device, method, params, out, n
         raise click.UsageError("MODEL is required (or --list)")
     if not out:
         raise click.UsageError("--out is required")
-    method = method or default_method(data is not None)
-    options = METHODS.get(method).resolve(parse_assignments(params))
+    given = parse_assignments(params)
+    if method is None:
+        method, defaults = default_method(data is not None)
+        given = {**defaults, **given}
+    options = METHODS.get(method).resolve(given)
     clean = None if data is None else load(data, split, n_clean, seed, defender=True)
     train = None if train_data is None else load_training(train_data)
     report = repair_model(model, clean, method, out, options, device=device, layout=layout,

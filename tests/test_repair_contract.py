@@ -252,6 +252,24 @@ def test_masks_and_new_weights_on_one_tensor_combine_data_free(monkeypatch, tmp_
     assert np.array_equal(written[conv.weight], expected)
 
 
+def test_a_diverged_method_is_refused_in_one_line_and_writes_nothing(monkeypatch, tmp_path, mnist_model):
+    """NaN weights used to pass: NaN logits made the parity check's comparison false, not failed."""
+    m = open_model(mnist_model, "cpu")
+    conv = next(l for l in m.inventory.layers if l.kind == "conv")
+    bad = m.executor.value(conv.weight).detach().numpy().copy()
+    bad[0, 0, 0, 0] = np.nan
+
+    def diverge(ctx, **opts):
+        return RepairResult("diverge", {}, new_weights={conv.weight: bad})
+
+    monkeypatch.setitem(METHODS.entries, "diverge", _entry("diverge", diverge, "none"))
+    out = tmp_path / "o.onnx"
+    res = run("repair", mnist_model, "--method", "diverge", "--out", out)
+    assert res.exit_code == 2 and not out.exists()
+    assert f"diverged: its new values for '{conv.weight}' are not finite" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
 def test_a_method_that_needs_data_refuses_to_run_without(tmp_path, mnist_model):
     res = run("repair", mnist_model, "--method", "anp", "--out", tmp_path / "o.onnx")
     assert res.exit_code == 2 and "needs clean images" in res.stderr, res.stderr

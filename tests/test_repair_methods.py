@@ -1,6 +1,13 @@
 """Every repair method on a real (tiny) backdoored model: it runs end to end from the defender's
 clean images alone, the written ONNX matches the repaired executor within 1e-4 under onnxruntime,
-and, for the methods that remove this backdoor, ASR falls."""
+and, for the methods that remove this backdoor at a test's budget, ASR falls.
+
+Which ones do (measured, docs/repair.md "Tiny models"): on the 4-layer MNIST CNN, whose backdoor
+sits behind a flatten + FC head, nc (0.23% ASR), fst (1.58), ft-sam at lr 0.05 (18.96) and fp at
+lr 0.1 (43.79); on a 4-epoch small ResNet, bnp (18.74). The channel methods (anp, clp, rnp) cannot
+reach a position-specific FC pathway, and the unlearning and distillation methods (i-bau, sau, nad,
+bcu, mcr, npd, wiper, ft, ep) keep 50-100% ASR on these models within seconds of training; their
+ASR falls are shown on the zoo's CIFAR-10 and GTSRB files instead (docs/bench-repair.md)."""
 
 from __future__ import annotations
 
@@ -16,21 +23,21 @@ from backdoor_audit.repair.run import repair_model
 CASES = {
     "anp": ({"iterations": 30, "batch_size": 64}, None),
     "bcu": ({"epochs": 4, "batch_size": 64}, None),
-    "bnp": ({}, None),  # on the BN model below; on the BN-free tiny model it refuses
+    "bnp": ({}, 40.0),  # on the BN model below (18.74 measured); on the BN-free tiny model it refuses
     "ep": ({}, None),  # with the poisoned training set below
     "clp": ({}, None),
-    "fp": ({"iterations": 60, "batch_size": 64}, None),
+    "fp": ({"iterations": 300, "batch_size": 64, "lr": 0.1}, 60.0),
     "ft": ({"iterations": 60, "batch_size": 64}, None),
-    "ft-sam": ({"epochs": 10, "batch_size": 64}, None),
+    "ft-sam": ({"epochs": 40, "batch_size": 64, "lr": 0.05}, 40.0),
     "i-bau": ({"rounds": 2}, None),
     "mcr": ({"ft_epochs": 3, "epochs": 3, "batch_size": 64}, None),
     "npd": ({"warm_epochs": 1, "epochs": 3, "batch_size": 64}, None),
     "sau": ({"rounds": 3, "batch_size": 64}, None),
     "nad": ({"teacher_epochs": 2, "epochs": 3, "lr": 0.01, "betas": "500,1000"}, None),  # MNIST CNN: two stages
     "wiper": ({"epochs": 3, "batch_size": 64}, None),
-    "fst": ({"epochs": 10, "batch_size": 64}, None),  # the head is re-drawn: it needs its steps
+    "fst": ({"epochs": 10, "batch_size": 64}, 10.0),  # the head is re-drawn: it needs its steps (1.58 measured)
     "rnp": ({"unlearn_epochs": 3, "recover_epochs": 2, "batch_size": 64, "max_acc_drop": 5.0}, None),
-    "nc": ({"re_steps": 120, "re_batch_size": 32, "iterations": 80, "batch_size": 64}, 10.0),
+    "nc": ({"re_steps": 120, "re_batch_size": 32, "iterations": 80, "batch_size": 64}, 10.0),  # 0.23 measured
 }
 
 
@@ -80,12 +87,13 @@ def test_method_end_to_end_on_a_backdoored_model(tmp_path, tiny_backdoor, before
     after = evaluate(out, test, model_preprocess(load_model(out), test), spec)
     assert after.acc >= before.acc - 15, (method, before.acc, after.acc)
     if asr_at_most is not None:
-        assert after.asr <= asr_at_most and after.asr < before.asr - 50, (method, before.asr, after.asr)
+        assert after.asr <= asr_at_most, (method, before.asr, after.asr)
 
 
 @pytest.fixture(scope="module")
 def tiny_bn_backdoor(tmp_path_factory):
-    """The tiny BadNets model again, on the BN variant of the CNN, exported with BN kept."""
+    """The tiny BadNets model again, on the small ResNet (global pooling, BN kept): 4 epochs on the
+    3000 digits, test ACC 96.6, ASR 100."""
     from backdoor_audit.attacks.run import run_attack
     from backdoor_audit.data import demo_sample_path, load_images
     from backdoor_audit.training.train import TrainSettings
@@ -95,7 +103,7 @@ def tiny_bn_backdoor(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny-bn")
     train = load_images(demo_sample_path(), split="train").subset(slice(0, 3000))
     test = load_images(demo_sample_path(), split="test").subset(slice(0, 500))
-    summary = run_attack("mnist-cnn-bn", train, make_spec(), out / "m.onnx",
+    summary = run_attack("small-resnet", train, make_spec(), out / "m.onnx",
                          TrainSettings(epochs=4, batch_size=32, lr=0.05, seed=1), test_data=test, clean_holdout=300,
                          clean_out=out / "clean.npz", keep_batchnorm=True)
     return summary["model"], load_images(out / "clean.npz"), test, summary["spec"]
@@ -106,8 +114,14 @@ def test_bn_methods_on_a_bn_model_and_refused_on_a_folded_one(tmp_path, tiny_bn_
     from backdoor_audit.errors import SpecError
 
     path, clean, test, spec = tiny_bn_backdoor
-    rep = repair_model(path, clean, method, tmp_path / "o.onnx", CASES[method][0])
+    out = tmp_path / "o.onnx"
+    rep = repair_model(path, clean, method, out, CASES[method][0])
     assert rep.parity_max_abs <= 1e-4 and rep.units > 0
+    pre = model_preprocess(load_model(path), test)
+    before, after = evaluate(path, test, pre, spec), evaluate(out, test, pre, spec)
+    assert before.asr > 90 and after.acc >= before.acc - 5, (before, after)
+    if CASES[method][1] is not None:
+        assert after.asr <= CASES[method][1], (method, before.asr, after.asr)
     with pytest.raises(SpecError, match="no(ne)? BatchNormalization|has none"):
         repair_model(tiny_backdoor[0], tiny_backdoor[1], method, tmp_path / "p.onnx", CASES[method][0])
     assert not (tmp_path / "p.onnx").exists()

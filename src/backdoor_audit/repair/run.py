@@ -153,6 +153,12 @@ def result_writes(m: OpenedModel, result: RepairResult) -> list[Write]:
     for name in new:
         if not m.executor.has_value(name) or name not in m.executor.initializer_names:
             raise ModelError(f"method {result.method} wrote initializer '{name}', which the model does not have")
+    finite = [(name, v) for name, v in new.items()] + [(i.name, i.weight) for i in result.inserts or []] + \
+        [(i.name, i.bias) for i in result.inserts or []]
+    for name, values in finite:
+        if np.issubdtype(np.asarray(values).dtype, np.floating) and not np.isfinite(values).all():
+            raise ModelError(f"method {result.method} diverged: its new values for '{name}' are not finite "
+                             "(NaN or inf); nothing written (a smaller lr may help)")
     writes = [Write(None, -1, name, values) for name, values in new.items()]
     if result.masks:
         def base(name: str) -> np.ndarray:
@@ -203,7 +209,7 @@ def _write_and_verify(m: OpenedModel, result: RepairResult, writes, out_path, pr
     got = run_logits(make_session(path), probe.cpu().numpy())
     parity = float(np.abs(got - expected).max()) if expected.size else 0.0
     scale = max(1.0, float(np.abs(expected).max()) if expected.size else 1.0)
-    if parity > PARITY_TOL * scale:
+    if not parity <= PARITY_TOL * scale:  # NaN logits fail too
         path.unlink(missing_ok=True)
         raise ModelError(f"written model {out_path} differs from the repaired executor by {parity:.2e} "
                          "(max abs logit); not kept")

@@ -170,6 +170,21 @@ def tiny_backdoor(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_clean(tmp_path_factory):
+    """The tiny backdoored model's clean twin: the same CNN, digits, epochs and seed, no attack.
+    Returns (model path, 300 defender images)."""
+    from backdoor_audit.attacks.run import run_attack
+    from backdoor_audit.data import demo_sample_path, load_images
+    from backdoor_audit.training.train import TrainSettings
+
+    out = tmp_path_factory.mktemp("tiny-clean")
+    train = load_images(demo_sample_path(), split="train").subset(slice(0, 3000))
+    summary = run_attack("mnist-cnn", train, None, out / "m.onnx", TrainSettings(epochs=4, batch_size=32, lr=0.05,
+                         seed=1), clean_holdout=300, clean_out=out / "clean.npz")
+    return Path(summary["model"]), load_images(out / "clean.npz")
+
+
+@pytest.fixture(scope="session")
 def mnist_images():
     """Real MNIST digits from the sample the package ships."""
     from backdoor_audit.data import demo_sample_path, load_images

@@ -1,4 +1,5 @@
-"""First scan: report shape, the graph check for hidden trigger branches, bad input."""
+"""The scan: detectors behind one contract, the graph check for hidden trigger branches judged by
+data flow, the verdict, the CLI, bad input."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from backdoor_audit.audit.scan import graph_findings, scan_model
+from backdoor_audit.audit.hazards import graph_hazards
+from backdoor_audit.audit.scan import scan_model
 from backdoor_audit.cli import main
 from backdoor_audit.models import build_model
 
@@ -40,37 +42,141 @@ def plain_model(tmp_path_factory):
                   tmp_path_factory.mktemp("s") / "plain.onnx", "dynamo")
 
 
-def test_hidden_branch_is_flagged_without_data(tmp_path):
-    path = export(HiddenBranch().eval(), (1, 28, 28), tmp_path / "hidden.onnx", "dynamo")
-    found = graph_findings(onnx.load(str(path)))
-    assert found and found[0].severity == "high"
-    assert {"Greater", "Where"} <= set(found[0].evidence["ops"])
+class TinyAttention(torch.nn.Module):
+    """A clean transformer-style classifier: a patch-embedding conv, one self-attention block whose
+    scores are masked with Where/Equal where a key token is all zero (a padding mask), softmax, a
+    linear head: the comparisons read the embedding's output, not the raw image."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Conv2d(1, 16, 7, stride=7)
+        self.qkv = torch.nn.Linear(16, 48)
+        self.head = torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)  # (N, 16 tokens, 16)
+        q, k, v = self.qkv(t).chunk(3, dim=-1)
+        scores = q @ k.transpose(1, 2) / 4.0
+        pad = (t.abs().sum(-1) == 0)[:, None, :]  # (N, 1, keys)
+        scores = torch.where(pad, torch.full_like(scores, -1e4), scores)
+        att = torch.softmax(scores, dim=-1) @ v
+        return self.head(att.mean(1))
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "dynamo-raw", "legacy13"])
+def test_hidden_branch_is_flagged_without_data_and_its_nodes_named(tmp_path, exporter):
+    path = export(HiddenBranch().eval(), (1, 28, 28), tmp_path / "hidden.onnx", exporter)
+    proto = onnx.load(str(path))
+    found = graph_hazards(proto)
+    assert len(found) == 1 and found[0].severity == "critical" and found[0].id == "graph.trigger-branch"
+    ops = {n.name: n.op_type for n in proto.graph.node}
+    assert ops[found[0].evidence["node"]] in ("Greater", "Where")
+    assert "Where" in {ops[n] for n in found[0].evidence["path"]}
+    rep = scan_model(path)  # no data: the graph alone decides
+    assert rep.verdict == "backdoor suspected" and rep.decided_by == "graph" and rep.backdoor_found
+
+
+def test_a_clean_attention_export_with_where_equal_softmax_is_not_flagged(tmp_path):
+    path = export(TinyAttention().eval(), (1, 28, 28), tmp_path / "att.onnx", "dynamo")
+    proto = onnx.load(str(path))
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"Where", "Equal", "Softmax"} <= ops  # presence alone used to be a high finding
+    assert graph_hazards(proto) == []
+    rep = scan_model(path)
+    assert rep.verdict == "inconclusive" and not rep.backdoor_found and "only the graph" in rep.reason
+
+
+def test_foreign_and_code_executing_operators_are_findings():
+    from onnx import helper
+
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Mystery", ["a"], ["b"], domain="vendor.ops"),
+             helper.make_node("PyOp", ["b"], ["y"], domain="ai.onnx.contrib")]
+    vi = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1, 4]) for n in ("x", "y")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [vi[0]], [vi[1]]))
+    found = {f.id: f for f in graph_hazards(model)}
+    assert found["graph.code-execution"].severity == "critical" and "PyOp" in found["graph.code-execution"].message
+    assert found["graph.foreign-domain"].evidence == {"domain": "vendor.ops", "ops": ["Mystery"]}
+    assert "ai.onnx.contrib" not in {f.evidence.get("domain") for f in found.values()}  # PyOp reported once
 
 
 def test_plain_model_has_no_graph_findings(plain_model):
-    assert graph_findings(onnx.load(str(plain_model))) == []
+    assert graph_hazards(onnx.load(str(plain_model))) == []
 
 
 def test_scan_report(plain_model, mnist_images):
-    rep = scan_model(plain_model, mnist_images, eps_list=(0.1, 0.4), probe_steps=2, mask_iterations=5)
-    assert [p.eps for p in rep.probe] == [0.1, 0.4]
-    for p in rep.probe:
+    rep = scan_model(plain_model, mnist_images, options={"anp-probe": {"eps": "0.1,0.4", "probe_steps": 2,
+                                                                        "mask_iterations": 5},
+                                                         "neural-cleanse": {"steps": 20}})
+    assert [d.detector for d in rep.detections] == ["graph", "neural-cleanse", "anp-probe"]
+    probe = rep.detection("anp-probe")
+    assert [p.eps for p in probe.evidence["probe"]] == [0.1, 0.4]
+    for p in probe.evidence["probe"]:
         assert 0 <= p.error_rate <= 1 and 0 <= p.top_share <= 1
         assert abs(sum(p.class_share) - 1) < 1e-3
-    assert rep.units == 560 and len(rep.lowest_masks) == 10
-    assert rep.verdict in ("backdoor suspected", "no backdoor found", "inconclusive")
-    json.dumps(rep.to_dict(), default=str)
+    assert probe.evidence["units"] == 560 and len(probe.neurons) == 10
+    nc = rep.detection("neural-cleanse")
+    assert len(nc.evidence["anomaly_index"]) == 10 and len(nc.artifacts["triggers"]) == 10
+    assert rep.decided_by == "neural-cleanse" and rep.verdict in ("backdoor suspected", "no backdoor found")
+    assert "triggers" not in json.dumps(rep.to_dict(), default=str)
 
 
-def test_scan_cli_json_and_too_few_images(tmp_path, plain_model, mnist_images):
+def test_scan_cli_json_params_and_too_few_images(tmp_path, plain_model, mnist_images):
     few = tmp_path / "few.npz"
     np.savez(few, x=(mnist_images.x[:5, 0] * 255).astype(np.uint8), y=np.arange(5) * 2)
     res = CliRunner().invoke(main, ["scan", str(plain_model), "--data", str(few)])
     assert res.exit_code == 2 and "5 clean images for 9 classes" in res.stderr
     ok = tmp_path / "ok.npz"
     np.savez(ok, x=(mnist_images.x[:, 0] * 255).astype(np.uint8), y=mnist_images.y)
-    res = CliRunner().invoke(main, ["scan", str(plain_model), "--data", str(ok), "--json",
-                                    "--mask-iterations", "3", "--probe-steps", "1"])
+    res = CliRunner().invoke(main, ["scan", str(plain_model), "--data", str(ok), "--json", "--detectors",
+                                    "graph,anp-probe", "--param", "anp-probe.mask_iterations=3",
+                                    "--param", "anp-probe.probe_steps=1"])
     assert res.exit_code in (0, 1), res.stderr
     out = json.loads(res.stdout)
-    assert out["verdict"] and len(out["probe"]) == 4
+    assert out["verdict"] and len(out["detections"][1]["evidence"]["probe"]) == 4
+    assert out["detections"][1]["options"]["mask_iterations"] == 3
+    res = CliRunner().invoke(main, ["scan", str(plain_model), "--detectors", "neural-cleanse"])
+    assert res.exit_code == 2 and "needs labeled clean images" in res.stderr
+    res = CliRunner().invoke(main, ["scan", str(plain_model), "--detectors", "nope"])
+    assert res.exit_code == 2 and "unknown detector 'nope'" in res.stderr
+    res = CliRunner().invoke(main, ["scan", "--list"])
+    assert res.exit_code == 0 and "neural-cleanse:" in res.output
+
+
+NC_FAST = {"neural-cleanse": {"steps": 120, "batch_size": 32}}
+
+
+def test_neural_cleanse_names_the_target_of_a_backdoored_model_and_its_triggers_repair_it(tmp_path, tiny_backdoor):
+    """The scan's triggers, saved, are what `repair --method nc --param triggers=` unlearns: ASR falls
+    without reverse-engineering them again."""
+    from backdoor_audit.evaluation.evaluate import evaluate
+    from backdoor_audit.graph.load import load_model
+    from backdoor_audit.inputs import model_preprocess
+    from backdoor_audit.repair.run import repair_model
+
+    path, clean, test, spec = tiny_backdoor
+    clean_npz = tmp_path / "clean.npz"
+    np.savez(clean_npz, x=(clean.x * 255).round().astype(np.uint8), y=clean.y)
+    trig = tmp_path / "t.npz"
+    res = CliRunner().invoke(main, ["scan", str(path), "--data", str(clean_npz), "--detectors", "graph,neural-cleanse",
+                                    "--param", "neural-cleanse.steps=120", "--param", "neural-cleanse.batch_size=32",
+                                    "--save-triggers", str(trig)])
+    assert res.exit_code == 1, res.output + res.stderr
+    assert "BACKDOOR SUSPECTED, suspected target class 0" in res.output
+    out = tmp_path / "r.onnx"
+    rep = repair_model(path, clean, "nc", out, {"triggers": str(trig), "iterations": 80, "batch_size": 64})
+    assert rep.log["flagged"] == [0] and rep.parity_max_abs <= 1e-4
+    pre = model_preprocess(load_model(path), test)
+    assert evaluate(out, test, pre, spec).asr <= 10
+    with pytest.raises(Exception, match="triggers of shape"):
+        bad = tmp_path / "bad.npz"
+        np.savez(bad, target=[0], mask=np.zeros((1, 3, 3)), pattern=np.zeros((1, 1, 3, 3)), l1=[1.0],
+                 success=[1.0], reached=[True])
+        repair_model(path, clean, "nc", tmp_path / "x.onnx", {"triggers": str(bad)})
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_neural_cleanse_does_not_flag_the_clean_twin(tiny_clean):
+    path, clean = tiny_clean
+    rep = scan_model(path, clean, detectors=("graph", "neural-cleanse"), options=NC_FAST)
+    nc = rep.detection("neural-cleanse")
+    assert rep.verdict == "no backdoor found" and not nc.flagged and nc.score <= nc.threshold, nc.evidence

@@ -17,7 +17,7 @@ from .attacks.run import run_attack
 from .training.train import TrainSettings
 from .attacks.spec import AttackSpec
 from .evaluation.evaluate import EvalResult, evaluate
-from .audit.scan import ScanReport, scan_model
+from .audit.scan import ScanReport, save_reversed_triggers, scan_model
 from .data import demo_sample_path, load_images
 from .graph.load import load_model
 from .inputs import model_preprocess
@@ -54,10 +54,14 @@ def run_demo(out_dir, *, epochs: int = 15, lr: float = 0.05, method: str = "nc",
                          clean_holdout=n_clean, clean_out=out / "clean.npz")
     suspect = Path(summary["model"])
     clean = load_images(out / "clean.npz")
-    say("scan the suspect model with the defender's clean images")
-    scan = scan_model(suspect, clean, progress=progress)
+    say("scan the suspect model with the defender's clean images (graph and Neural Cleanse)")
+    scan = scan_model(suspect, clean, detectors=("graph", "neural-cleanse"), progress=progress, seed=0)
+    options = dict(options or {})
+    if method == "nc":  # unlearn the scan's triggers rather than reverse-engineering them twice
+        save_reversed_triggers(scan, out / "triggers.npz")
+        options.setdefault("triggers", str(out / "triggers.npz"))
     say(f"repair it with {method} on the same clean images (no test data, no trigger)")
-    rep = repair_model(suspect, clean, method, out / "repaired.onnx", options or {}, progress=progress)
+    rep = repair_model(suspect, clean, method, out / "repaired.onnx", options, progress=progress)
     say("validate both files under onnxruntime on the test images")
     test = load_images(sample, split="test")
     pre = model_preprocess(load_model(suspect), test)

@@ -106,3 +106,35 @@ def anomaly_index(norms: np.ndarray) -> np.ndarray:
     med = np.median(norms)
     mad = 1.4826 * np.median(np.abs(norms - med))
     return (med - norms) / max(mad, 1e-12)
+
+
+def save_triggers(path, triggers: list[ReversedTrigger]) -> None:
+    """Every class's reversed trigger into one .npz (written atomically), for a later repair."""
+    import io
+
+    from ..util import atomic_write_bytes
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, target=np.array([t.target for t in triggers]),
+                        mask=np.stack([t.mask for t in triggers]).astype(np.float32),
+                        pattern=np.stack([t.pattern for t in triggers]).astype(np.float32),
+                        l1=np.array([t.l1 for t in triggers]), success=np.array([t.success for t in triggers]),
+                        reached=np.array([t.reached for t in triggers]))
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_triggers(path, shape: tuple[int, ...]) -> list[ReversedTrigger]:
+    """Triggers saved by ``save_triggers``, checked against the model's pixel shape (C, H, W)."""
+    from ..errors import DataError
+
+    try:
+        with np.load(path) as z:
+            parts = {k: z[k] for k in ("target", "mask", "pattern", "l1", "success", "reached")}
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"{path}: not a triggers file written by `audit scan --save-triggers` ({exc})") from None
+    if tuple(parts["pattern"].shape[1:]) != tuple(shape):
+        raise DataError(f"{path}: triggers of shape {tuple(parts['pattern'].shape[1:])}, the model's images are "
+                        f"{tuple(shape)}")
+    return [ReversedTrigger(int(t), m, p, float(l), float(s), bool(r))
+            for t, m, p, l, s, r in zip(*(parts[k] for k in ("target", "mask", "pattern", "l1", "success",
+                                                              "reached")))]

@@ -165,22 +165,49 @@ def validate(model, data, split, layout, mean, std, device, attack, limit, min_a
 
 # ---------------------------------------------------------------------------------------- scan
 @main.command()
-@click.argument("model", type=click.Path())
-@data_options()
+@click.argument("model", type=click.Path(), required=False)
+@data_options(required=False)
 @click.option("--n-clean", type=int, default=None, help="use this many clean images (seeded sample)")
-@click.option("--mask-iterations", type=int, default=300, show_default=True)
-@click.option("--probe-steps", type=int, default=10, show_default=True)
+@click.option("--detectors", default=None,
+              help="comma-separated detectors (see --list); default: graph, neural-cleanse and anp-probe with "
+                   "--data, graph without")
+@click.option("--param", "params", multiple=True, metavar="DETECTOR.KEY=VALUE",
+              help="a detector option, e.g. --param neural-cleanse.steps=100 (repeatable)")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--save-triggers", type=click.Path(), default=None,
+              help="write Neural Cleanse's reversed triggers (.npz) for `audit repair --method nc --param triggers=`")
+@click.option("--list", "list_detectors", is_flag=True, help="list the detectors with their options and data needs")
 @handle_errors
-def scan(model, data, split, layout, mean, std, device, n_clean, mask_iterations, probe_steps, seed, as_json):
-    """Is MODEL backdoored? Neuron perturbation probe + ANP masks + graph checks. Exit 1 if so."""
-    from ..audit.scan import scan_model
+def scan(model, data, split, layout, mean, std, device, n_clean, detectors, params, seed, as_json, save_triggers,
+         list_detectors):
+    """Is MODEL backdoored? Graph hazards without data; Neural Cleanse and ANP's probe with --data.
+    Exit 1 when a backdoor is suspected."""
+    from ..audit.detectors import DETECTORS
+    from ..audit.scan import save_reversed_triggers, scan_model
+    from ..options import parse_assignments
 
-    clean = load(data, split, n_clean, seed, defender=True)
-    rep = scan_model(model, clean, mask_iterations=mask_iterations, probe_steps=probe_steps, device=device,
-                     layout=layout, mean=floats(mean, "--mean"), std=floats(std, "--std"), seed=seed,
+    if list_detectors:
+        for entry in DETECTORS:
+            click.echo("\n".join(entry.describe()))
+        return
+    if not model:
+        raise click.UsageError("MODEL is required (or --list)")
+    options: dict[str, dict] = {}
+    for key, value in parse_assignments(params).items():
+        det, sep, opt = key.partition(".")
+        if not sep:
+            raise click.UsageError(f"--param {key}={value}: name the detector, e.g. neural-cleanse.{key}={value}")
+        options.setdefault(det, {})[opt] = value
+    names = tuple(n.strip() for n in detectors.split(",") if n.strip()) if detectors else None
+    clean = None if data is None else load(data, split, n_clean, seed, defender=True)
+    if save_triggers and (clean is None or (names is not None and "neural-cleanse" not in names)):
+        raise click.UsageError("--save-triggers needs the neural-cleanse detector, which needs --data")
+    rep = scan_model(model, clean, detectors=names, options=options, device=device, layout=layout,
+                     mean=floats(mean, "--mean"), std=floats(std, "--std"), seed=seed,
                      progress=not as_json and sys.stderr.isatty())
+    if save_triggers:
+        save_reversed_triggers(rep, save_triggers)
     if as_json:
         click.echo(json.dumps(rep.to_dict(), indent=2, default=str))
     else:
@@ -191,14 +218,25 @@ def scan(model, data, split, layout, mean, std, device, n_clean, mask_iterations
 def _print_scan(rep) -> None:
     target = "" if rep.suspected_target is None else f", suspected target class {rep.suspected_target}"
     click.echo(f"{rep.model}: {rep.verdict.upper()}{target}  ({rep.seconds:.1f} s)")
-    click.echo("  neuron perturbation probe (share of errors on the top class):")
-    for p in rep.probe:
-        click.echo(f"    eps {p.eps:.2f}: error {p.error_rate:6.1%}, top class {p.top_class} "
-                   f"takes {p.top_share:6.1%} of errors")
-    click.echo(f"  ANP masks: {rep.masks_below_threshold} of {rep.units} neurons below 0.2; lowest: "
-               + ", ".join(f"{l}[{k}]={v:.2f}" for l, k, v in rep.lowest_masks[:5]))
+    click.echo(f"  {'decided by ' + rep.decided_by + ': ' if rep.decided_by else ''}{rep.reason}")
+    for d in rep.detections:
+        click.echo(f"  {d.detector} ({d.seconds:.1f} s): {_detection_line(d)}")
     for f in rep.findings:
         click.echo(f"  [{f.severity}] {f.id}: {f.message}")
+
+
+def _detection_line(d) -> str:
+    if d.detector == "graph":
+        return f"{len(d.findings)} hazard(s) in {d.evidence['nodes']} nodes"
+    if d.detector == "neural-cleanse":
+        index = d.evidence["anomaly_index"]
+        top = sorted(range(len(index)), key=lambda c: -index[c])[:3]
+        return "anomaly index " + ", ".join(f"class {c} {index[c]:.2f}" for c in top) + f" (flag > {d.threshold})"
+    if d.detector == "anp-probe":
+        pts = ", ".join(f"eps {p.eps:.2f}: {p.error_rate:.0%} errors, {p.top_share:.0%} to class {p.top_class}"
+                        for p in d.evidence["probe"])
+        return f"{pts}; {d.evidence['masks_below_threshold']} of {d.evidence['units']} masks below threshold"
+    return f"score {d.score}"
 
 
 # ---------------------------------------------------------------------------------------- attack

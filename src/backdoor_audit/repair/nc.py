@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..audit.trigger import ANOMALY_THRESHOLD, anomaly_index, reverse_trigger
+from ..audit.trigger import ANOMALY_THRESHOLD, anomaly_index, load_triggers, reverse_trigger
+from ..errors import SpecError
 from ..options import Option
 from .base import RepairContext, RepairResult, register_method
 from .finetune import WeightEdit, finetune, finetune_options
@@ -24,6 +25,8 @@ OPTIONS = [
     Option("init_cost", float, 1e-3, "initial weight of the mask's L1 norm", "NC's code", minimum=0),
     Option("anomaly", float, ANOMALY_THRESHOLD, "flag classes whose anomaly index exceeds this", "NC Sec. IV-C",
            minimum=0),
+    Option("triggers", str, None, "an .npz of every class's reversed trigger from `audit scan --save-triggers`: "
+           "unlearn those instead of reverse-engineering them again", optional=True),
     Option("stamp_share", float, 0.2, "share of each batch stamped with a reversed trigger", SOURCE,
            minimum=0, maximum=1),
     *finetune_options(lr=0.01, iterations=200, source=SOURCE),
@@ -55,7 +58,12 @@ def run_nc(ctx: RepairContext, **opts) -> RepairResult:
     _, y = ctx.labeled("nc")
     with torch.no_grad():
         num_classes = int(ctx.executor(ctx.x[:1]).shape[1])
-    triggers = reverse_all(ctx, num_classes, opts)
+    if opts["triggers"]:
+        triggers = load_triggers(opts["triggers"], tuple(ctx.raw.shape[1:]))
+        if len(triggers) != num_classes:
+            raise SpecError(f"{opts['triggers']}: {len(triggers)} triggers for a model of {num_classes} classes")
+    else:
+        triggers = reverse_all(ctx, num_classes, opts)
     norms = np.array([t.l1 for t in triggers])
     index = anomaly_index(norms)
     flagged = [t for t, a in zip(triggers, index) if a > opts["anomaly"]]

@@ -1,0 +1,190 @@
+"""Backdoor detectors behind one contract (a registry with the repair methods' option schema).
+
+A detector gets a ``ScanContext`` (the file, and the defender's clean images when there are any)
+and returns a ``Detection``: a score (higher = more backdoor-like), the threshold it is judged
+by, whether it flags the model, a suspected target class, suspect neurons, findings of one shape
+and its own evidence. Like a repair method it never sees test data, a trigger or an attack spec.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from ..errors import SpecError
+from ..graph.masks import optimize_masks
+from ..graph.model import OpenedModel
+from ..options import Option, Registry
+from .hazards import Finding, graph_hazards
+from .probe import perturbation_probe
+from .trigger import ANOMALY_THRESHOLD, anomaly_index, reverse_trigger
+
+DETECTORS = Registry("detector")
+register_detector = DETECTORS.register
+
+
+@dataclass
+class ScanContext:
+    path: str
+    proto: onnx.ModelProto
+    model: OpenedModel | None = None  # opened when a detector needs the executor
+    x: torch.Tensor | None = None  # preprocessed clean images (None: no data)
+    y: torch.Tensor | None = None
+    raw: torch.Tensor | None = None  # the same images as pixels in [0, 1]
+    preprocess: Any = None
+    num_classes: int = 0
+    seed: int = 0
+    progress: bool = False
+
+    @property
+    def has_data(self) -> bool:
+        return self.x is not None
+
+    def bar(self, total: int, desc: str):
+        if not self.progress:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, unit="step", leave=False)
+
+
+@dataclass
+class Detection:
+    detector: str
+    score: float | None  # higher = more backdoor-like; None: the detector had nothing to score
+    threshold: float | None
+    flagged: bool | None  # None: cannot judge (e.g. inconclusive)
+    target: int | None = None
+    findings: list[Finding] = field(default_factory=list)
+    neurons: list[tuple[str, int, float]] = field(default_factory=list)  # (layer, neuron, value)
+    evidence: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    artifacts: dict = field(default_factory=dict)  # arrays for files and plots (reversed triggers), not in JSON
+
+
+def run_detector(name: str, ctx: ScanContext, given: dict | None = None) -> Detection:
+    entry = DETECTORS.get(name)
+    if "none" not in entry.needs and not ctx.has_data:
+        raise SpecError(f"detector {name} needs labeled clean images (--data)")
+    opts = entry.resolve(given)
+    t0 = time.perf_counter()
+    det = entry.run(ctx, **opts)
+    det.options, det.seconds = opts, time.perf_counter() - t0
+    return det
+
+
+# ------------------------------------------------------------------------------ graph, no data
+@register_detector("graph", summary="hidden trigger branches (data flow from the raw input to the logits that "
+                   "bypasses every weight) and operators that need native or Python code", source="ours; "
+                   "ShadowLogic (HiddenLayer, 2024) for the branch", needs="none")
+def detect_graph(ctx: ScanContext) -> Detection:
+    findings = graph_hazards(ctx.proto)
+    worst = {"critical": 1.0, "high": 0.5}
+    score = max((worst.get(f.severity, 0.0) for f in findings), default=0.0)
+    return Detection("graph", score, 0.5, score >= 0.5, findings=findings,
+                     evidence={"nodes": len(ctx.proto.graph.node)})
+
+
+# ------------------------------------------------------------------ Neural Cleanse, clean data
+NC_OPTIONS = [
+    Option("steps", int, 300, "optimisation steps of each class's trigger", "NC's code (Adam, lr 0.1)", minimum=1),
+    Option("batch_size", int, 128, "images per step", minimum=1),
+    Option("init_cost", float, 1e-3, "initial weight of the mask's L1 norm", "NC's code", minimum=0),
+    Option("anomaly", float, ANOMALY_THRESHOLD, "flag a class whose anomaly index exceeds this", "NC Sec. IV-C",
+           minimum=0),
+]
+
+
+@register_detector("neural-cleanse", summary="reverse-engineer the smallest trigger of every class; a class whose "
+                   "mask is an outlier (anomaly index of the L1 norms) is the suspected target",
+                   source="Wang et al., IEEE S&P 2019", needs="labeled", options=NC_OPTIONS)
+def detect_nc(ctx: ScanContext, *, steps: int, batch_size: int, init_cost: float, anomaly: float) -> Detection:
+    bar = ctx.bar(ctx.num_classes, "reverse triggers")
+    triggers = []
+    for t in range(ctx.num_classes):
+        triggers.append(reverse_trigger(ctx.model.executor, ctx.raw, ctx.preprocess, t, steps=steps,
+                                        batch_size=batch_size, init_cost=init_cost, seed=ctx.seed))
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    norms = np.array([t.l1 for t in triggers])
+    index = anomaly_index(norms)
+    top = int(np.argmax(index))
+    flagged = [int(c) for c in np.flatnonzero(index > anomaly)]
+    findings = []
+    if flagged:
+        findings.append(Finding(
+            "nc.outlier-class", "high",
+            f"class {top}'s reverse-engineered trigger covers {norms[top]:.1f} pixels against a median of "
+            f"{np.median(norms):.1f} (anomaly index {index[top]:.2f} > {anomaly})",
+            {"classes": flagged, "mask_l1": float(norms[top])}))
+    return Detection("neural-cleanse", float(index[top]), anomaly, bool(flagged), top if flagged else None,
+                     findings, evidence={"mask_l1": norms.round(3).tolist(), "anomaly_index": index.round(3).tolist(),
+                                         "reached": [t.reached for t in triggers]},
+                     artifacts={"triggers": triggers})
+
+
+# ------------------------------------------------------------- ANP's probe and masks, clean data
+PROBE_OPTIONS = [
+    Option("eps", str, "0.1,0.2,0.3,0.4", "neuron perturbation budgets of the probe", "ANP Fig. 1a"),
+    Option("probe_steps", int, 10, "PGD steps per budget (signed, from a uniform start)", minimum=1),
+    Option("mask_iterations", int, 300, "ANP mask optimisation steps (eps 0.4, alpha 0.2)", minimum=1),
+    Option("mask_threshold", float, 0.2, "masks below this count as pruned", "ANP Sec. 4.1", minimum=0, maximum=1),
+    Option("top", int, 10, "lowest-mask neurons reported", minimum=1),
+    Option("min_error", float, 0.2, "judge only budgets whose perturbation causes this error rate", minimum=0,
+           maximum=1),
+    Option("max_eps", float, 0.2, "... and only budgets up to this (at 0.4 clean models collapse too)", minimum=0),
+    Option("suspect_share", float, 0.7, "errors concentrated on one class beyond this share: flagged", minimum=0,
+           maximum=1),
+    Option("clear_share", float, 0.5, "below this share at every judged budget: not flagged", minimum=0, maximum=1),
+]
+
+
+@register_detector("anp-probe", summary="adversarial neuron perturbation: how the clean errors concentrate on one "
+                   "class, and the ANP masks' lowest neurons", source="Wu & Wang, NeurIPS 2021 (ANP), Sec. 3.2",
+                   needs="labeled", options=PROBE_OPTIONS)
+def detect_probe(ctx: ScanContext, *, eps: str, probe_steps: int, mask_iterations: int, mask_threshold: float,
+                 top: int, min_error: float, max_eps: float, suspect_share: float, clear_share: float) -> Detection:
+    try:
+        eps_list = tuple(float(e) for e in eps.split(","))
+    except ValueError:
+        raise SpecError(f"detector anp-probe: eps must be numbers separated by commas, got {eps!r}") from None
+    ex, inv = ctx.model.executor, ctx.model.inventory
+    bar = ctx.bar(len(eps_list) * probe_steps + mask_iterations, "ANP probe")
+    tick = (lambda *_: bar.update(1)) if bar else None
+    try:
+        points = perturbation_probe(ex, inv, ctx.x, ctx.y, ctx.num_classes, eps_list=eps_list, steps=probe_steps,
+                                    seed=ctx.seed, callback=tick)
+        mod, _ = optimize_masks(ex, inv, ctx.x, ctx.y, eps=0.4, alpha=0.2, lr=0.2, momentum=0.9,
+                                iterations=mask_iterations, batch_size=128, seed=ctx.seed, callback=tick)
+    finally:
+        if bar:
+            bar.close()
+    masks = mod.mask.detach().cpu().numpy()
+    order = np.argsort(masks, kind="stable")[:top]
+    lowest = [(*mod.neuron(int(i)), round(float(masks[i]), 4)) for i in order]
+    below = int((masks < mask_threshold).sum())
+    usable = [p for p in points if p.error_rate >= min_error and p.eps <= max_eps + 1e-9]
+    score, target, flagged = None, None, None
+    if usable:
+        best = max(usable, key=lambda p: p.top_share)
+        score, target = best.top_share, best.top_class
+        flagged = True if score >= suspect_share else (False if score < clear_share else None)
+    findings = []
+    if flagged:
+        findings.append(Finding("probe.collapse", "high",
+                                f"under neuron perturbation {score:.0%} of the errors go to class {target}",
+                                {"target": target, "share": score}))
+    if below:
+        findings.append(Finding("masks.near-zero", "info" if flagged is False else "medium",
+                                f"{below} of {masks.size} neurons get ANP masks below {mask_threshold}",
+                                {"neurons": [list(n) for n in lowest[:below]]}))
+    return Detection("anp-probe", score, suspect_share, flagged, target if flagged else None, findings, lowest,
+                     {"probe": points, "masks_below_threshold": below, "units": int(masks.size)})

@@ -180,3 +180,75 @@ def test_neural_cleanse_does_not_flag_the_clean_twin(tiny_clean):
     rep = scan_model(path, clean, detectors=("graph", "neural-cleanse"), options=NC_FAST)
     nc = rep.detection("neural-cleanse")
     assert rep.verdict == "no backdoor found" and not nc.flagged and nc.score <= nc.threshold, nc.evidence
+
+
+def _external(tmp_path, plain_model, edit=None) -> tuple:
+    """The plain model saved with its weights in ``w.bin`` beside it; ``edit(tensor)`` changes the
+    external-data entries of its first initializer."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    proto = onnx.load(str(plain_model))
+    onnx.save_model(proto, str(folder / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="w.bin", size_threshold=0)
+    proto = onnx.load(str(folder / "m.onnx"), load_external_data=False)
+    first = proto.graph.initializer[0]
+    if edit is not None:
+        edit(first)
+        onnx.save_model(proto, str(folder / "m.onnx"))
+    return folder / "m.onnx", first.name
+
+
+def _set(tensor, **entries):
+    for e in tensor.external_data:
+        if e.key in entries:
+            e.value = str(entries.pop(e.key))
+    for k, v in entries.items():
+        tensor.external_data.add(key=k, value=str(v))
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("dotdot", "leaves the model's folder"),
+    ("absolute", "absolute external data location"),
+    ("symlink", "passes through the symlink"),
+    ("hardlink", "hard links"),
+    ("past-end", "runs past the end"),
+])
+def test_unsafe_external_data_is_a_critical_finding_naming_the_tensor_and_nothing_outside_is_read(
+        tmp_path, plain_model, monkeypatch, case, needle):
+    import builtins
+    import os
+
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"\0" * 10_000_000)
+
+    def edit(t):
+        if case == "dotdot":
+            _set(t, location="../outside.bin")
+        elif case == "absolute":
+            _set(t, location=str(outside))
+        elif case == "symlink":
+            (tmp_path / "model" / "link").symlink_to(tmp_path)
+            _set(t, location="link/outside.bin")
+        elif case == "hardlink":
+            os.link(tmp_path / "model" / "w.bin", tmp_path / "elsewhere.bin")
+        elif case == "past-end":
+            _set(t, offset=10**9)
+
+    path, tensor = _external(tmp_path, plain_model, edit)
+    opened = []
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: (opened.append(str(f)), real_open(f, *a, **k))[1])
+    rep = scan_model(path)
+    found = [f for f in rep.findings if f.id == "file.external-data"]
+    assert found and found[0].severity == "critical" and f"tensor '{tensor}'" in found[0].message, rep.findings
+    assert needle in found[0].message
+    assert rep.hazard_found and rep.verdict == "inconclusive"
+    assert not any("outside.bin" in p or "elsewhere" in p for p in opened), opened
+    res = CliRunner().invoke(main, ["scan", str(path)])
+    assert res.exit_code == 1 and "file.external-data" in res.output
+
+
+def test_safe_external_data_scans_like_the_plain_file(tmp_path, plain_model):
+    path, _ = _external(tmp_path, plain_model)
+    rep = scan_model(path)
+    assert not rep.findings and not rep.hazard_found

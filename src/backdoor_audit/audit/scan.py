@@ -4,8 +4,10 @@ The defender has the suspect file and, optionally, a small clean set; nothing el
 only the graph is checked; with labeled clean images Neural Cleanse and ANP's probe run too.
 
 The verdict (docs/scan.md), in this order:
-1. a critical or high graph finding (a hidden trigger branch, code-executing or foreign
-   operators): "backdoor suspected", whatever the weights say;
+1. a hidden trigger branch in the graph: "backdoor suspected", whatever the weights say (other
+   graph or file hazards, foreign or code-running operators, unsafe external data, do not make a
+   backdoor verdict but exit 1 on their own; with unsafe external data nothing it points at is
+   read and the verdict is "inconclusive");
 2. Neural Cleanse, when it ran: a class over its anomaly threshold (the paper's 2) is the
    suspected target, "backdoor suspected"; no such class: "no backdoor found";
 3. otherwise ANP's probe, when it ran and could judge (it is evidence beside NC, not a verdict of
@@ -26,7 +28,7 @@ from ..graph.load import load_model
 from ..graph.model import accuracy, open_model
 from ..inputs import fit_images
 from .detectors import DETECTORS, Detection, ScanContext, run_detector
-from .hazards import Finding
+from .hazards import Finding, external_data
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 WITH_DATA = ("graph", "neural-cleanse", "anp-probe")
@@ -49,6 +51,11 @@ class ScanReport:
     @property
     def backdoor_found(self) -> bool:
         return self.verdict == "backdoor suspected"
+
+    @property
+    def hazard_found(self) -> bool:
+        """A critical or high finding about the file or graph itself (exit 1 with or without a verdict)."""
+        return any(f.id.startswith(("graph.", "file.")) and f.severity in ("critical", "high") for f in self.findings)
 
     def detection(self, name: str) -> Detection | None:
         return next((d for d in self.detections if d.detector == name), None)
@@ -93,6 +100,18 @@ def scan_model(model_path, clean: ImageSet | None = None, *, detectors: tuple[st
         raise DataError(f"{clean.source}: the scan needs labeled clean images (<class>/<image> folders)")
     if needs_data and clean is None:
         raise DataError(f"detector {needs_data[0]} needs labeled clean images: give --data")
+    header = load_model(model_path, check=False, external=False)
+    file_findings = external_data(header, model_path)
+    unsafe = [f for f in file_findings if f.severity == "critical"]
+    if unsafe:  # read nothing it points at: the graph alone is judged, on the file's own bytes
+        ctx = ScanContext(str(model_path), header, seed=seed, progress=progress)
+        results = [run_detector("graph", ctx)] if "graph" in names else []
+        verdict, target, by, reason = decide(results)
+        if verdict != "backdoor suspected":
+            verdict, by = "inconclusive", None
+            reason = f"unsafe external data ({len(unsafe)} tensor(s)): no weight was read, so none was judged"
+        return ScanReport(str(model_path), verdict, target, by, reason, None, 0, results, time.perf_counter() - t0,
+                          _sorted(file_findings + [f for d in results for f in d.findings]))
     ctx = ScanContext(str(model_path), load_model(model_path), seed=seed, progress=progress)
     acc = None
     if needs_data:
@@ -107,18 +126,22 @@ def scan_model(model_path, clean: ImageSet | None = None, *, detectors: tuple[st
         acc = accuracy(ctx.model.executor, ctx.x, ctx.y)
     results = [run_detector(n, ctx, options.get(n)) for n in names]
     verdict, target, by, reason = decide(results)
-    findings = sorted((f for d in results for f in d.findings), key=lambda f: -SEVERITIES.index(f.severity))
+    findings = _sorted(file_findings + [f for d in results for f in d.findings])
     return ScanReport(str(model_path), verdict, target, by, reason, acc, 0 if clean is None else len(clean),
                       results, time.perf_counter() - t0, findings)
+
+
+def _sorted(findings: list[Finding]) -> list[Finding]:
+    return sorted(findings, key=lambda f: -SEVERITIES.index(f.severity))
 
 
 def decide(results: list[Detection]) -> tuple[str, int | None, str | None, str]:
     """(verdict, suspected target, deciding detector, one-line reason) from the detections."""
     by = {d.detector: d for d in results}
     graph = by.get("graph")
-    if graph is not None and graph.flagged:
-        worst = max(graph.findings, key=lambda f: SEVERITIES.index(f.severity))
-        return "backdoor suspected", None, "graph", worst.message
+    branch = [f for f in graph.findings if f.id == "graph.trigger-branch"] if graph is not None else []
+    if branch:
+        return "backdoor suspected", None, "graph", branch[0].message
     nc = by.get("neural-cleanse")
     if nc is not None:
         if nc.flagged:

@@ -212,7 +212,7 @@ def scan(model, data, split, layout, mean, std, device, n_clean, detectors, para
         click.echo(json.dumps(rep.to_dict(), indent=2, default=str))
     else:
         _print_scan(rep)
-    sys.exit(1 if rep.backdoor_found else 0)
+    sys.exit(1 if rep.backdoor_found or rep.hazard_found else 0)
 
 
 def _print_scan(rep) -> None:

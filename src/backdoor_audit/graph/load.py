@@ -36,8 +36,10 @@ def _check_external_paths(model: onnx.ModelProto, path: Path) -> None:
             raise ModelError(f"{path}: external data file '{loc}' is missing")
 
 
-def load_model(path: str | os.PathLike, check: bool = True) -> onnx.ModelProto:
-    """Read, check and return an ONNX model, or raise ModelError naming what is wrong."""
+def load_model(path: str | os.PathLike, check: bool = True, external: bool = True) -> onnx.ModelProto:
+    """Read, check and return an ONNX model, or raise ModelError naming what is wrong.
+    ``external=False`` returns the file's own protobuf without following (or checking) any
+    external data, for an audit of the locations (``audit.hazards.external_data``)."""
     path = Path(path)
     if not path.exists():
         raise ModelError(f"{path}: no such file")
@@ -51,6 +53,8 @@ def load_model(path: str | os.PathLike, check: bool = True) -> onnx.ModelProto:
         raise ModelError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})".rstrip()) from None
     if not model.graph.node:
         raise ModelError(f"{path}: not an ONNX model (no graph nodes; truncated or another file type?)")
+    if not external:
+        return model
     _check_external_paths(model, path)
     if external_data_locations(model):
         external_data_helper.load_external_data_for_model(model, str(path.resolve().parent))

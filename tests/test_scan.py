@@ -72,7 +72,7 @@ def test_hidden_branch_is_flagged_without_data_and_its_nodes_named(tmp_path, exp
     ops = {n.name: n.op_type for n in proto.graph.node}
     assert ops[found[0].evidence["node"]] in ("Greater", "Where")
     assert "Where" in {ops[n] for n in found[0].evidence["path"]}
-    rep = scan_model(path)  # no data: the graph alone decides
+    rep = scan_model(path, detectors=("graph",))  # no data: the graph alone decides
     assert rep.verdict == "backdoor suspected" and rep.decided_by == "graph" and rep.backdoor_found
 
 
@@ -82,7 +82,7 @@ def test_a_clean_attention_export_with_where_equal_softmax_is_not_flagged(tmp_pa
     ops = {n.op_type for n in proto.graph.node}
     assert {"Where", "Equal", "Softmax"} <= ops  # presence alone used to be a high finding
     assert graph_hazards(proto) == []
-    rep = scan_model(path)
+    rep = scan_model(path, detectors=("graph",))
     assert rep.verdict == "inconclusive" and not rep.backdoor_found and "only the graph" in rep.reason
 
 
@@ -106,8 +106,9 @@ def test_plain_model_has_no_graph_findings(plain_model):
 def test_scan_report(plain_model, mnist_images):
     rep = scan_model(plain_model, mnist_images, options={"anp-probe": {"eps": "0.1,0.4", "probe_steps": 2,
                                                                         "mask_iterations": 5},
-                                                         "neural-cleanse": {"steps": 20}})
-    assert [d.detector for d in rep.detections] == ["graph", "neural-cleanse", "anp-probe"]
+                                                         "neural-cleanse": {"steps": 20},
+                                                         "mm-bd": {"steps": 20}})
+    assert [d.detector for d in rep.detections] == ["graph", "mm-bd", "neural-cleanse", "anp-probe"]
     probe = rep.detection("anp-probe")
     assert [p.eps for p in probe.evidence["probe"]] == [0.1, 0.4]
     for p in probe.evidence["probe"]:
@@ -133,6 +134,7 @@ def test_scan_cli_json_params_and_too_few_images(tmp_path, plain_model, mnist_im
     assert res.exit_code in (0, 1), res.stderr
     out = json.loads(res.stdout)
     assert out["verdict"] and len(out["detections"][1]["evidence"]["probe"]) == 4
+    assert [d["detector"] for d in out["detections"]] == ["graph", "anp-probe"]
     assert out["detections"][1]["options"]["mask_iterations"] == 3
     res = CliRunner().invoke(main, ["scan", str(plain_model), "--detectors", "neural-cleanse"])
     assert res.exit_code == 2 and "needs labeled clean images" in res.stderr
@@ -250,5 +252,14 @@ def test_unsafe_external_data_is_a_critical_finding_naming_the_tensor_and_nothin
 
 def test_safe_external_data_scans_like_the_plain_file(tmp_path, plain_model):
     path, _ = _external(tmp_path, plain_model)
-    rep = scan_model(path)
+    rep = scan_model(path, detectors=("graph",))
     assert not rep.findings and not rep.hazard_found
+
+
+def test_mm_bd_without_data_on_the_tiny_pair(tiny_backdoor, tiny_clean):
+    """MM-BD needs no images: it names the backdoored model's target and clears its clean twin."""
+    reps = [scan_model(p, detectors=("graph", "mm-bd")) for p in (tiny_backdoor[0], tiny_clean[0])]
+    bad, good = (r.detection("mm-bd") for r in reps)
+    print(bad.evidence, good.evidence)
+    assert reps[0].verdict == "backdoor suspected" and reps[0].suspected_target == 0 and reps[0].decided_by == "mm-bd"
+    assert reps[1].verdict == "no backdoor found" and not good.flagged

@@ -38,6 +38,7 @@ class ScanContext:
     raw: torch.Tensor | None = None  # the same images as pixels in [0, 1]
     preprocess: Any = None
     num_classes: int = 0
+    pixel_shape: tuple[int, ...] = ()  # (C, H, W) of the model's images
     seed: int = 0
     progress: bool = False
 
@@ -129,6 +130,86 @@ def detect_nc(ctx: ScanContext, *, steps: int, batch_size: int, init_cost: float
                      findings, evidence={"mask_l1": norms.round(3).tolist(), "anomaly_index": index.round(3).tolist(),
                                          "reached": [t.reached for t in triggers]},
                      artifacts={"triggers": triggers})
+
+
+# ------------------------------------------------------------------- MM-BD, no data at all
+MMBD_OPTIONS = [
+    Option("images", int, 30, "synthetic images optimised per class (uniform random starts)", "MM-BD code (univ_bd.py)",
+           minimum=1),
+    Option("steps", int, 300, "gradient steps per class (SGD, lr 0.01; stops early when the loss settles)",
+           "MM-BD code", minimum=1),
+    Option("lr", float, 0.01, "step size in pixel units", "MM-BD code", minimum=0, open_min=True),
+    Option("p_value", float, 0.05, "flag when the largest class's margin has an order-statistic p-value at or "
+           "below this under a gamma null fitted to the other classes", "MM-BD Sec. 3", minimum=0, maximum=1),
+]
+
+
+def max_margins(ctx: ScanContext, images: int, steps: int, lr: float) -> np.ndarray:
+    """Per class, the largest logit margin (class logit minus the best other) that synthetic pixels
+    in [0, 1] reach by gradient ascent: a backdoor's target class reaches a far larger one."""
+    ex = ctx.model.executor
+    ex.requires_grad_weights(False)
+    gen = torch.Generator().manual_seed(ctx.seed)
+    bar = ctx.bar(ctx.num_classes, "max margins")
+    out = []
+    for t in range(ctx.num_classes):
+        x = torch.rand((images, *ctx.pixel_shape), generator=gen).to(ex.device).requires_grad_(True)
+        last = None
+        for _ in range(steps):
+            logits = ex(ctx.preprocess(x.clamp(0, 1)))
+            others = logits.clone()
+            others[:, t] = -torch.inf
+            margin = logits[:, t] - others.max(1).values
+            loss = -margin.sum()
+            (grad,) = torch.autograd.grad(loss, [x])
+            with torch.no_grad():
+                x -= lr * grad
+            value = float(loss.detach())
+            if last is not None and abs(last - value) <= 1e-5 * abs(last):
+                break
+            last = value
+        with torch.no_grad():
+            logits = ex(ctx.preprocess(x.clamp(0, 1)))
+            others = logits.clone()
+            others[:, t] = -torch.inf
+            out.append(float((logits[:, t] - others.max(1).values).max()))
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return np.array(out)
+
+
+def order_p_value(stats: np.ndarray) -> float:
+    """MM-BD's test: fit a gamma distribution to every class's statistic but the largest, and give
+    the chance that the largest of K such draws reaches the observed maximum, 1 - F(max)^K."""
+    from scipy.stats import gamma
+
+    stats = np.asarray(stats, dtype=np.float64)
+    top = int(np.argmax(stats))
+    null = np.delete(stats, top)
+    shape, loc, scale = gamma.fit(null)
+    return float(1.0 - gamma.cdf(stats[top], a=shape, loc=loc, scale=scale) ** len(stats))
+
+
+@register_detector("mm-bd", summary="maximum achievable logit margin per class from synthetic images: an outlier "
+                   "class is a backdoor target; no data needed", source="Wang et al., IEEE S&P 2024 (MM-BD)",
+                   needs="none", options=MMBD_OPTIONS)
+def detect_mmbd(ctx: ScanContext, *, images: int, steps: int, lr: float, p_value: float) -> Detection:
+    margins = max_margins(ctx, images, steps, lr)
+    p = order_p_value(margins)
+    top = int(np.argmax(margins))
+    flagged = p <= p_value
+    findings = []
+    if flagged:
+        findings.append(Finding("mmbd.outlier-margin", "high",
+                                f"synthetic images reach a logit margin of {margins[top]:.1f} for class {top} "
+                                f"against a median of {np.median(margins):.1f} "
+                                f"(order-statistic p = {p:.2g} <= {p_value})",
+                                {"class": top, "margin": float(margins[top]), "p": p}))
+    # the score is 1 - p, so that higher means more backdoor-like like every other detector's
+    return Detection("mm-bd", 1.0 - p, 1.0 - p_value, flagged, top if flagged else None, findings,
+                     evidence={"margins": margins.round(3).tolist(), "p_value": p})
 
 
 # ------------------------------------------------------------- ANP's probe and masks, clean data

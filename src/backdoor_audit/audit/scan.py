@@ -1,7 +1,8 @@
 """`audit scan`: run the detectors the data allows and combine them into one verdict.
 
 The defender has the suspect file and, optionally, a small clean set; nothing else. Without data
-only the graph is checked; with labeled clean images Neural Cleanse and ANP's probe run too.
+the graph is checked and MM-BD optimises synthetic images; with labeled clean images Neural
+Cleanse and ANP's probe run too.
 
 The verdict (docs/scan.md), in this order:
 1. a hidden trigger branch in the graph: "backdoor suspected", whatever the weights say (other
@@ -12,7 +13,7 @@ The verdict (docs/scan.md), in this order:
    suspected target, "backdoor suspected"; no such class: "no backdoor found";
 3. otherwise ANP's probe, when it ran and could judge (it is evidence beside NC, not a verdict of
    its own, when both ran: on CIFAR-10 it flags clean models too);
-4. otherwise "inconclusive": the scan never calls a model clean that it could not judge.
+5. otherwise "inconclusive": the scan never calls a model clean that it could not judge.
 The thresholds are the papers' defaults, not yet calibrated on the zoo (the calibration is the
 scan issue's next step).
 """
@@ -22,17 +23,19 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
+import torch
+
 from ..data import ImageSet
 from ..errors import DataError, SpecError
 from ..graph.load import load_model
 from ..graph.model import accuracy, open_model
-from ..inputs import fit_images
+from ..inputs import blind_preprocess, fit_images
 from .detectors import DETECTORS, Detection, ScanContext, run_detector
 from .hazards import Finding, external_data
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
-WITH_DATA = ("graph", "neural-cleanse", "anp-probe")
-WITHOUT_DATA = ("graph",)
+WITH_DATA = ("graph", "mm-bd", "neural-cleanse", "anp-probe")
+WITHOUT_DATA = ("graph", "mm-bd")
 
 
 @dataclass
@@ -122,8 +125,16 @@ def scan_model(model_path, clean: ImageSet | None = None, *, detectors: tuple[st
             raise DataError(f"{clean.source}: {len(clean)} clean images for {clean.num_classes} classes; "
                             "the scan needs at least one image per class")
         ctx.x, ctx.y, ctx.raw, ctx.preprocess = fitted.x, fitted.y, fitted.raw, fitted.preprocess.torch
-        ctx.num_classes = clean.num_classes
+        ctx.num_classes, ctx.pixel_shape = clean.num_classes, tuple(fitted.raw.shape[1:])
         acc = accuracy(ctx.model.executor, ctx.x, ctx.y)
+    elif any(n != "graph" for n in names):  # data-free detectors that run the model on synthetic pixels
+        ctx.model = open_model(model_path, device)
+        ctx.proto = ctx.model.proto
+        pre, ctx.pixel_shape = blind_preprocess(ctx.proto, layout=layout, mean=mean, std=std)
+        ctx.preprocess = pre.torch
+        probe = torch.rand((1, *ctx.pixel_shape)).to(ctx.model.executor.device)
+        with torch.no_grad():
+            ctx.num_classes = int(ctx.model.executor(ctx.preprocess(probe)).reshape(1, -1).shape[1])
     results = [run_detector(n, ctx, options.get(n)) for n in names]
     verdict, target, by, reason = decide(results)
     findings = _sorted(file_findings + [f for d in results for f in d.findings])
@@ -149,6 +160,13 @@ def decide(results: list[Detection]) -> tuple[str, int | None, str | None, str]:
         return ("no backdoor found", None, "neural-cleanse",
                 f"no class's reverse-engineered trigger is an outlier (largest anomaly index {nc.score:.2f} "
                 f"<= {nc.threshold})")
+    mm = by.get("mm-bd")
+    if mm is not None:
+        if mm.flagged:
+            return "backdoor suspected", mm.target, "mm-bd", mm.findings[0].message
+        return ("no backdoor found", None, "mm-bd",
+                f"no class's maximum margin is an outlier (p = {mm.evidence['p_value']:.2g} > "
+                f"{1 - mm.threshold:.2g})")
     probe = by.get("anp-probe")
     if probe is not None and probe.flagged is not None:
         if probe.flagged:
@@ -157,4 +175,4 @@ def decide(results: list[Detection]) -> tuple[str, int | None, str | None, str]:
                 f"under neuron perturbation at most {probe.score:.0%} of the errors go to one class")
     if probe is not None:
         return "inconclusive", None, None, "no small perturbation budget caused enough errors to judge"
-    return "inconclusive", None, None, "no clean data: only the graph was checked (give --data for the weights)"
+    return "inconclusive", None, None, "only the graph was checked (no weight detector ran; give --data or add mm-bd)"

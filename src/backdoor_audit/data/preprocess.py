@@ -106,7 +106,7 @@ def fit_preprocess(
     elif has_stored:
         chosen = stored.layout
     else:
-        chosen = _layout_from_shape(dims, input_name)
+        chosen = layout_from_shape(dims, input_name)
     c_m, h_m, w_m = (dims[1], dims[2], dims[3]) if chosen == "NCHW" else (dims[3], dims[1], dims[2])
     c, h, w = images.shape
     if (c_m is not None and c_m != c) or (h_m is not None and h_m != h) or (w_m is not None and w_m != w):
@@ -130,7 +130,7 @@ def fit_preprocess(
     return Preprocess(layout=chosen, mean=mean_t, std=std_t)
 
 
-def _layout_from_shape(dims: list[int | None], input_name: str) -> str:
+def layout_from_shape(dims: list[int | None], input_name: str) -> str:
     first, last = dims[1] in (1, 3), dims[3] in (1, 3)
     if first and last:
         raise DataError(f"model input {input_name!r} has shape {_fmt_dims(dims)}: "

@@ -263,3 +263,25 @@ def test_mm_bd_without_data_on_the_tiny_pair(tiny_backdoor, tiny_clean):
     print(bad.evidence, good.evidence)
     assert reps[0].verdict == "backdoor suspected" and reps[0].suspected_target == 0 and reps[0].decided_by == "mm-bd"
     assert reps[1].verdict == "no backdoor found" and not good.flagged
+
+
+def test_scanning_a_folder_scans_every_onnx_file_and_fails_if_any_is_flagged(tmp_path, plain_model):
+    import shutil
+
+    folder = tmp_path / "models"
+    (folder / "sub").mkdir(parents=True)
+    onnx.save_model(onnx.load(str(plain_model)), str(folder / "a.onnx"))  # weights inside the file
+    shutil.copy(plain_model, folder / "c.onnx")  # its external data left behind: an error line, the scan goes on
+    export(HiddenBranch().eval(), (1, 28, 28), folder / "sub" / "b.onnx", "dynamo")
+    res = CliRunner().invoke(main, ["scan", str(folder), "--detectors", "graph", "--json"])
+    assert res.exit_code == 2, res.output + res.stderr  # an unreadable file is an error, after the others
+    assert "c.onnx: external data file 'plain.onnx.data' is missing" in res.stderr
+    out = json.loads(res.stdout)
+    assert [o["verdict"] for o in out] == ["inconclusive", "backdoor suspected"]
+    assert out[1]["model"].endswith("b.onnx")
+    (folder / "c.onnx").unlink()
+    res = CliRunner().invoke(main, ["scan", str(folder), "--detectors", "graph"])
+    assert res.exit_code == 1 and "BACKDOOR SUSPECTED" in res.output
+    (tmp_path / "none").mkdir()
+    res = CliRunner().invoke(main, ["scan", str(tmp_path / "none")])
+    assert res.exit_code == 2 and "no .onnx files" in res.stderr

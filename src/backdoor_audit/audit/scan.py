@@ -70,6 +70,20 @@ class ScanReport:
         return out
 
 
+def scan_targets(path) -> list:
+    """The files a scan of ``path`` covers: the file itself, or every .onnx file under a folder
+    (sorted; DataError when there is none)."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    files = sorted(p for p in path.rglob("*.onnx") if p.is_file())
+    if not files:
+        raise DataError(f"{path}: no .onnx files in this folder")
+    return files
+
+
 def save_reversed_triggers(report: ScanReport, path) -> None:
     """Write the Neural Cleanse triggers of ``report`` (every class's) for `audit repair --method nc
     --param triggers=PATH`."""

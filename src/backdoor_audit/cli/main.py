@@ -6,11 +6,13 @@ No logic lives here: every command calls one library function and shows what it 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import sys
 
 import click
 
 from .. import __version__
+from ..errors import AuditError
 from .common import CACHE_DIR, data_options, floats, handle_errors, load, load_training
 from .bench import bench
 from .zoo import zoo
@@ -181,10 +183,11 @@ def validate(model, data, split, layout, mean, std, device, attack, limit, min_a
 @handle_errors
 def scan(model, data, split, layout, mean, std, device, n_clean, detectors, params, seed, as_json, save_triggers,
          list_detectors):
-    """Is MODEL backdoored? Graph hazards without data; Neural Cleanse and ANP's probe with --data.
-    Exit 1 when a backdoor is suspected."""
+    """Is MODEL (a file, or every .onnx file under a folder) backdoored? Graph hazards and MM-BD
+    without data; Neural Cleanse and ANP's probe too with --data. Exit 1 when a backdoor or a
+    hazard is found."""
     from ..audit.detectors import DETECTORS
-    from ..audit.scan import save_reversed_triggers, scan_model
+    from ..audit.scan import save_reversed_triggers, scan_model, scan_targets
     from ..options import parse_assignments
 
     if list_detectors:
@@ -203,16 +206,30 @@ def scan(model, data, split, layout, mean, std, device, n_clean, detectors, para
     clean = None if data is None else load(data, split, n_clean, seed, defender=True)
     if save_triggers and (clean is None or (names is not None and "neural-cleanse" not in names)):
         raise click.UsageError("--save-triggers needs the neural-cleanse detector, which needs --data")
-    rep = scan_model(model, clean, detectors=names, options=options, device=device, layout=layout,
-                     mean=floats(mean, "--mean"), std=floats(std, "--std"), seed=seed,
-                     progress=not as_json and sys.stderr.isatty())
+    files = scan_targets(model)
+    if save_triggers and len(files) > 1:
+        raise click.UsageError("--save-triggers takes one model, not a folder")
+    reports, failed = [], 0
+    for path in files:
+        try:
+            rep = scan_model(path, clean, detectors=names, options=options, device=device, layout=layout,
+                             mean=floats(mean, "--mean"), std=floats(std, "--std"), seed=seed,
+                             progress=not as_json and sys.stderr.isatty())
+        except AuditError as exc:
+            if len(files) == 1:
+                raise
+            click.echo(f"error: {exc}", err=True)  # one bad file of a folder: its line, then the others
+            failed += 1
+            continue
+        reports.append(rep)
+        if not as_json:
+            _print_scan(rep)
     if save_triggers:
-        save_reversed_triggers(rep, save_triggers)
+        save_reversed_triggers(reports[0], save_triggers)
     if as_json:
-        click.echo(json.dumps(rep.to_dict(), indent=2, default=str))
-    else:
-        _print_scan(rep)
-    sys.exit(1 if rep.backdoor_found or rep.hazard_found else 0)
+        out = [r.to_dict() for r in reports]
+        click.echo(json.dumps(out[0] if not Path(model).is_dir() else out, indent=2, default=str))
+    sys.exit(2 if failed else 1 if any(r.backdoor_found or r.hazard_found for r in reports) else 0)
 
 
 def _print_scan(rep) -> None:

@@ -285,3 +285,14 @@ def test_scanning_a_folder_scans_every_onnx_file_and_fails_if_any_is_flagged(tmp
     (tmp_path / "none").mkdir()
     res = CliRunner().invoke(main, ["scan", str(tmp_path / "none")])
     assert res.exit_code == 2 and "no .onnx files" in res.stderr
+
+
+def test_repair_rescan_reports_whether_the_signature_is_gone(tmp_path, tiny_backdoor):
+    """CLP prunes nothing in the tiny CNN (docs/repair.md), so MM-BD still finds class 0 afterwards:
+    the re-scan says so, with no trigger and no data."""
+    path = tiny_backdoor[0]
+    res = CliRunner().invoke(main, ["repair", str(path), "--method", "clp", "--out", str(tmp_path / "o.onnx"),
+                                    "--rescan", "--json"])
+    assert res.exit_code == 0, res.output + res.stderr
+    r = json.loads(res.stdout)["log"]["rescan"]
+    assert r["verdict"] == "backdoor suspected" and r["suspected_target"] == 0 and r["decided_by"] == "mm-bd"

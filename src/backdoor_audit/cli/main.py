@@ -71,11 +71,14 @@ def inspect(model, as_json):
                    "split when it has splits")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+@click.option("--rescan", is_flag=True,
+              help="scan the repaired file afterwards (graph, mm-bd, and neural-cleanse with labeled data) and report "
+                   "whether the backdoor signature is gone: a check that needs no trigger")
 @click.option("--list", "list_methods", is_flag=True,
               help="list the methods with their options, defaults, sources and data needs")
 @handle_errors
 def repair(model, data, split, layout, mean, std, device, method, params, out, n_clean, train_data, seed, as_json,
-           list_methods):
+           rescan, list_methods):
     """Repair MODEL with a defence method on the defender's clean data; write --out."""
     from ..options import parse_assignments
     from ..repair import METHODS
@@ -99,6 +102,17 @@ def repair(model, data, split, layout, mean, std, device, method, params, out, n
     report = repair_model(model, clean, method, out, options, device=device, layout=layout,
                           mean=floats(mean, "--mean"), std=floats(std, "--std"), seed=seed,
                           progress=not as_json and sys.stderr.isatty(), train=train)
+    if rescan:
+        from ..audit.scan import scan_model
+
+        if clean is not None and not clean.labeled:
+            clean = None  # the scan's data detectors need labels; the data-free ones still run
+        names = ("graph", "mm-bd") + (("neural-cleanse",) if clean is not None else ())  # the deciding ones
+        after = scan_model(out, clean, detectors=names, device=device, layout=layout, mean=floats(mean, "--mean"),
+                           std=floats(std, "--std"), seed=seed, progress=not as_json and sys.stderr.isatty())
+        report.log["rescan"] = {"verdict": after.verdict, "suspected_target": after.suspected_target,
+                                "decided_by": after.decided_by, "reason": after.reason,
+                                "seconds": round(after.seconds, 1)}
     if as_json:
         click.echo(report.to_json())
         return
@@ -126,6 +140,11 @@ def _print_repair(report, clean) -> None:
         more = f" (+{len(report.pruned) - 12} more)" if len(report.pruned) > 12 else ""
         click.echo(f"  pruned: {shown}{more}")
     click.echo(f"  wrote {report.out_path} (onnxruntime parity {report.parity_max_abs:.1e})")
+    if "rescan" in report.log:
+        r = report.log["rescan"]
+        gone = {"no backdoor found": "signature gone", "backdoor suspected": "SIGNATURE STILL THERE"}
+        click.echo(f"  re-scan: {gone.get(r['verdict'], r['verdict'])} ({r['verdict']}; "
+                   f"{r['decided_by'] or 'no detector decided'}: {r['reason']}; {r['seconds']:.0f} s)")
 
 
 # ---------------------------------------------------------------------------------------- validate

@@ -54,11 +54,16 @@ def test_bcu_repairs_from_unlabeled_images(tmp_path, unlabeled_folder, tiny_back
 def test_labeled_methods_refuse_unlabeled_images(tmp_path, unlabeled_folder, tiny_backdoor):
     path = tiny_backdoor[0]
     images = load_images(unlabeled_folder)
-    with pytest.raises(DataError, match="needs labeled clean images.*bcu"):
+    with pytest.raises(DataError, match="repair method 'ft' needs labeled images .* and these have none; "
+                       "methods that take unlabeled images: .*bcu"):
         repair_model(path, images, "ft", tmp_path / "o.onnx")
     assert not (tmp_path / "o.onnx").exists()
     with pytest.raises(DataError, match="evaluation needs labeled images"):
         evaluate(path, images, model_preprocess(load_model(path), images))
+    from backdoor_audit.audit.scan import scan_model
+
+    with pytest.raises(DataError, match=r"the scan needs labeled images .* \(without --data it runs its data-free"):
+        scan_model(path, images)
 
 
 def test_unlabeled_set_reaches_a_method_without_labels(tmp_path, unlabeled_folder, tiny_backdoor):

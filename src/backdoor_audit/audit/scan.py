@@ -113,8 +113,8 @@ def scan_model(model_path, clean: ImageSet | None = None, *, detectors: tuple[st
     if unknown:
         raise SpecError(f"options given for detectors that do not run: {', '.join(sorted(unknown))}")
     needs_data = [n for n in names if "none" not in DETECTORS.get(n).needs]
-    if clean is not None and not clean.labeled:
-        raise DataError(f"{clean.source}: the scan needs labeled clean images (<class>/<image> folders)")
+    if clean is not None:
+        clean.require_labels("the scan", " (without --data it runs its data-free detectors)")
     if needs_data and clean is None:
         raise DataError(f"detector {needs_data[0]} needs labeled clean images: give --data")
     header = load_model(model_path, check=False, external=False)

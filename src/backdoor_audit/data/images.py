@@ -36,6 +36,15 @@ class ImageSet:
         """Whether every image has a class label."""
         return not bool((self.y < 0).any())
 
+    def require_labels(self, what: str, hint: str = "") -> None:
+        """DataError, in the one wording every command uses, when ``what`` cannot take this set
+        because it has no labels; ``hint`` follows (e.g. what does take unlabeled images)."""
+        if not self.labeled:
+            from ..errors import DataError
+
+            raise DataError(f"{self.source or 'the given set'}: {what} needs labeled images (<class>/<image> "
+                            f"folders, or an npz with y) and these have none{hint}")
+
     @property
     def num_classes(self) -> int:
         """Number of classes: the class-name list if known, else ``max(y) + 1``."""

@@ -58,9 +58,7 @@ def evaluate(
     """
     if len(images) == 0:
         raise DataError(f"no images to evaluate in {images.source or 'the given set'}")
-    if not images.labeled:
-        raise DataError(f"{images.source or 'the given set'}: evaluation needs labeled images "
-                        "(<class>/<image> folders), these have no labels")
+    images.require_labels("evaluation")
     session = make_session(model_path)
     attack = get_attack(spec) if spec is not None else None
     if attack is not None:

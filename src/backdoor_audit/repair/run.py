@@ -97,10 +97,9 @@ def repair_model(model_path, clean: ImageSet | None, method: str, out_path, opti
         raise DataError(f"repair method '{method}' needs the model's training data (--train-data)")
     if clean is not None and len(clean) == 0:
         raise DataError(f"{clean.source}: the clean set is empty")
-    if clean is not None and not clean.labeled and "labeled" in entry.needs and "unlabeled" not in entry.needs:
-        raise DataError(f"repair method '{method}' needs labeled clean images, and {clean.source} has no labels "
-                        "(<class>/<image> folders); methods that take unlabeled images: "
-                        + ", ".join(e.name for e in METHODS if "unlabeled" in e.needs))
+    if clean is not None and "labeled" in entry.needs and "unlabeled" not in entry.needs:
+        clean.require_labels(f"repair method '{method}'", "; methods that take unlabeled images: "
+                             + ", ".join(e.name for e in METHODS if "unlabeled" in e.needs))
     m = open_model(model_path, device)
     ctx = RepairContext(m.executor, m.inventory, seed=seed, progress=progress)
     if clean is not None:

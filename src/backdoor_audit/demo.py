@@ -1,10 +1,10 @@
 """`audit demo`: the whole path on the MNIST sample shipped with the package.
 
 Train a BadNets model (ANP appendix setting: 3x3 white square at the bottom right, 10%
-poisoned, target 0) on the attacker's 90% share, export it to ONNX, scan it, repair it on 500
-clean images the attacker never saw, and validate both files under onnxruntime. The repair is
-Neural Cleanse unlearning at its defaults: on this model ANP leaves the backdoor in place
-(docs/anp-mnist-table6.md), NC removes it (docs/repair.md).
+poisoned, target 0) on the attacker's 90% share, export it to ONNX, scan it (graph and Neural
+Cleanse, which names the target class), repair it on 500 clean images the attacker never saw by
+unlearning the scan's reversed triggers, and validate both files under onnxruntime. On this model
+ANP leaves the backdoor in place (docs/anp-mnist-table6.md), NC removes it (docs/repair.md).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from ..graph.model import OpenedModel
 from ..options import Option, Registry
 from .hazards import Finding, graph_hazards
 from .probe import perturbation_probe
-from .trigger import ANOMALY_THRESHOLD, anomaly_index, reverse_trigger
+from .trigger import anomaly_index, reverse_options, reverse_trigger
 
 DETECTORS = Registry("detector")
 register_detector = DETECTORS.register
@@ -93,13 +93,7 @@ def detect_graph(ctx: ScanContext) -> Detection:
 
 
 # ------------------------------------------------------------------ Neural Cleanse, clean data
-NC_OPTIONS = [
-    Option("steps", int, 300, "optimisation steps of each class's trigger", "NC's code (Adam, lr 0.1)", minimum=1),
-    Option("batch_size", int, 128, "images per step", minimum=1),
-    Option("init_cost", float, 1e-3, "initial weight of the mask's L1 norm", "NC's code", minimum=0),
-    Option("anomaly", float, ANOMALY_THRESHOLD, "flag a class whose anomaly index exceeds this", "NC Sec. IV-C",
-           minimum=0),
-]
+NC_OPTIONS = reverse_options()
 
 
 @register_detector("neural-cleanse", summary="reverse-engineer the smallest trigger of every class; a class whose "

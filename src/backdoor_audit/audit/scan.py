@@ -160,6 +160,14 @@ def _sorted(findings: list[Finding]) -> list[Finding]:
     return sorted(findings, key=lambda f: -SEVERITIES.index(f.severity))
 
 
+CLEARED = {
+    "neural-cleanse": lambda d: f"no class's reverse-engineered trigger is an outlier (largest anomaly index "
+                                f"{d.score:.2f} <= {d.threshold})",
+    "mm-bd": lambda d: f"no class's maximum margin is an outlier (p = {d.evidence['p_value']:.2g} > "
+                       f"{1 - d.threshold:.2g})",
+}
+
+
 def decide(results: list[Detection]) -> tuple[str, int | None, str | None, str]:
     """(verdict, suspected target, deciding detector, one-line reason) from the detections."""
     by = {d.detector: d for d in results}
@@ -167,20 +175,12 @@ def decide(results: list[Detection]) -> tuple[str, int | None, str | None, str]:
     branch = [f for f in graph.findings if f.id == "graph.trigger-branch"] if graph is not None else []
     if branch:
         return "backdoor suspected", None, "graph", branch[0].message
-    nc = by.get("neural-cleanse")
-    if nc is not None:
-        if nc.flagged:
-            return "backdoor suspected", nc.target, "neural-cleanse", nc.findings[0].message
-        return ("no backdoor found", None, "neural-cleanse",
-                f"no class's reverse-engineered trigger is an outlier (largest anomaly index {nc.score:.2f} "
-                f"<= {nc.threshold})")
-    mm = by.get("mm-bd")
-    if mm is not None:
-        if mm.flagged:
-            return "backdoor suspected", mm.target, "mm-bd", mm.findings[0].message
-        return ("no backdoor found", None, "mm-bd",
-                f"no class's maximum margin is an outlier (p = {mm.evidence['p_value']:.2g} > "
-                f"{1 - mm.threshold:.2g})")
+    for name in ("neural-cleanse", "mm-bd"):  # the first that ran decides
+        d = by.get(name)
+        if d is not None:
+            if d.flagged:
+                return "backdoor suspected", d.target, name, d.findings[0].message
+            return "no backdoor found", None, name, CLEARED[name](d)
     probe = by.get("anp-probe")
     if probe is not None and probe.flagged is not None:
         if probe.flagged:

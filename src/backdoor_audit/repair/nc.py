@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..audit.trigger import ANOMALY_THRESHOLD, anomaly_index, load_triggers, reverse_trigger
+from ..audit.trigger import anomaly_index, load_triggers, reverse_options, reverse_trigger
 from ..errors import SpecError
 from ..options import Option
 from .base import RepairContext, RepairResult, register_method
@@ -20,11 +20,7 @@ from .finetune import WeightEdit, finetune, finetune_options
 
 SOURCE = "NC Sec. VI-C"
 OPTIONS = [
-    Option("re_steps", int, 300, "optimisation steps of each class's trigger", "NC's code (Adam, lr 0.1)", minimum=1),
-    Option("re_batch_size", int, 128, "images per reverse-engineering step", minimum=1),
-    Option("init_cost", float, 1e-3, "initial weight of the mask's L1 norm", "NC's code", minimum=0),
-    Option("anomaly", float, ANOMALY_THRESHOLD, "flag classes whose anomaly index exceeds this", "NC Sec. IV-C",
-           minimum=0),
+    *reverse_options("re_"),
     Option("triggers", str, None, "an .npz of every class's reversed trigger from `audit scan --save-triggers`: "
            "unlearn those instead of reverse-engineering them again", optional=True),
     Option("stamp_share", float, 0.2, "share of each batch stamped with a reversed trigger", SOURCE,

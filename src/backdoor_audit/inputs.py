@@ -13,6 +13,7 @@ import onnx
 import torch
 
 from .data import ImageSet, Preprocess, fit_preprocess
+from .data.preprocess import PREPROCESS_KEY, layout_from_shape
 from .errors import DataError
 from .graph.load import image_input, input_dims, metadata
 
@@ -27,22 +28,18 @@ def model_preprocess(proto: onnx.ModelProto, images: ImageSet, layout=None, mean
 def blind_preprocess(proto: onnx.ModelProto, layout=None, mean=None, std=None) -> tuple[Preprocess, tuple[int, ...]]:
     """Preprocessing and pixel shape (C, H, W) for a model fed without data (data-free detectors
     optimise synthetic pixels): the image size has to be fixed in the file. DataError otherwise."""
-    from .data import ImageSet as _Set
-
     dims = input_dims(proto)
     meta = metadata(proto)
     probe = [d if isinstance(d, int) and d > 0 else None for d in dims]
     if len(probe) != 4:
         raise DataError(f"model input {image_input(proto).name!r} has shape {dims}; expected a 4-D image input")
-    from .data.preprocess import PREPROCESS_KEY, layout_from_shape
-
     lay = layout or (Preprocess.from_json(meta[PREPROCESS_KEY]).layout if PREPROCESS_KEY in meta
                      else layout_from_shape(probe, image_input(proto).name))
     chw = (probe[1], probe[2], probe[3]) if str(lay).upper() == "NCHW" else (probe[3], probe[1], probe[2])
     if any(d is None for d in chw):
         raise DataError(f"model input {image_input(proto).name!r} has shape {dims}: a data-free detector needs a "
                         "fixed image size (give --data instead)")
-    shell = _Set(np.zeros((1, *chw), dtype=np.float32), np.zeros(1, dtype=np.int64), source="(synthetic pixels)")
+    shell = ImageSet(np.zeros((1, *chw), dtype=np.float32), np.zeros(1, dtype=np.int64), source="(synthetic pixels)")
     return fit_preprocess(shell, dims, layout=layout, mean=mean, std=std, metadata=meta,
                           input_name=image_input(proto).name), tuple(chw)
 

@@ -22,7 +22,7 @@ from ..graph.model import OpenedModel
 from ..options import Option, Registry
 from .hazards import Finding, graph_hazards
 from .probe import perturbation_probe
-from .trigger import anomaly_index, reverse_options, reverse_trigger
+from .trigger import anomaly_index, reverse_all, reverse_options
 
 DETECTORS = Registry("detector")
 register_detector = DETECTORS.register
@@ -100,15 +100,8 @@ NC_OPTIONS = reverse_options()
                    "mask is an outlier (anomaly index of the L1 norms) is the suspected target",
                    source="Wang et al., IEEE S&P 2019", needs="labeled", options=NC_OPTIONS)
 def detect_nc(ctx: ScanContext, *, steps: int, batch_size: int, init_cost: float, anomaly: float) -> Detection:
-    bar = ctx.bar(ctx.num_classes, "reverse triggers")
-    triggers = []
-    for t in range(ctx.num_classes):
-        triggers.append(reverse_trigger(ctx.model.executor, ctx.raw, ctx.preprocess, t, steps=steps,
-                                        batch_size=batch_size, init_cost=init_cost, seed=ctx.seed))
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+    triggers = reverse_all(ctx.model.executor, ctx.raw, ctx.preprocess, ctx.num_classes, steps=steps,
+                           batch_size=batch_size, init_cost=init_cost, seed=ctx.seed, progress=ctx.progress)
     norms = np.array([t.l1 for t in triggers])
     index = anomaly_index(norms)
     top = int(np.argmax(index))
@@ -138,6 +131,13 @@ MMBD_OPTIONS = [
 ]
 
 
+def _margin(logits: torch.Tensor, t: int) -> torch.Tensor:
+    """Per image, class ``t``'s logit minus the largest other logit."""
+    others = logits.clone()
+    others[:, t] = -torch.inf
+    return logits[:, t] - others.max(1).values
+
+
 def max_margins(ctx: ScanContext, images: int, steps: int, lr: float) -> np.ndarray:
     """Per class, the largest logit margin (class logit minus the best other) that synthetic pixels
     in [0, 1] reach by gradient ascent: a backdoor's target class reaches a far larger one."""
@@ -150,11 +150,7 @@ def max_margins(ctx: ScanContext, images: int, steps: int, lr: float) -> np.ndar
         x = torch.rand((images, *ctx.pixel_shape), generator=gen).to(ex.device).requires_grad_(True)
         last = None
         for _ in range(steps):
-            logits = ex(ctx.preprocess(x.clamp(0, 1)))
-            others = logits.clone()
-            others[:, t] = -torch.inf
-            margin = logits[:, t] - others.max(1).values
-            loss = -margin.sum()
+            loss = -_margin(ex(ctx.preprocess(x.clamp(0, 1))), t).sum()
             (grad,) = torch.autograd.grad(loss, [x])
             with torch.no_grad():
                 x -= lr * grad
@@ -163,10 +159,7 @@ def max_margins(ctx: ScanContext, images: int, steps: int, lr: float) -> np.ndar
                 break
             last = value
         with torch.no_grad():
-            logits = ex(ctx.preprocess(x.clamp(0, 1)))
-            others = logits.clone()
-            others[:, t] = -torch.inf
-            out.append(float((logits[:, t] - others.max(1).values).max()))
+            out.append(float(_margin(ex(ctx.preprocess(x.clamp(0, 1))), t).max()))
         if bar is not None:
             bar.update(1)
     if bar is not None:

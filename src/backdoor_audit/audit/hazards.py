@@ -116,7 +116,7 @@ def operator_domains(model: onnx.ModelProto) -> list[Finding]:
     local = {(f.domain, f.name) for f in model.functions}
     foreign: dict[str, list[str]] = {}
     code: list[str] = []
-    for graph in _graphs(model.graph):
+    for _, graph in _graphs(model.graph):
         for i, node in enumerate(graph.node):
             if node.op_type in CODE_OPS:
                 code.append(f"{_node_name(node, i)} ({node.domain or 'ai.onnx'}.{node.op_type})")
@@ -137,15 +137,25 @@ def operator_domains(model: onnx.ModelProto) -> list[Finding]:
     return out
 
 
-def _graphs(graph: onnx.GraphProto):
-    yield graph
-    for node in graph.node:
+def _attr_where(where: str, node: onnx.NodeProto, attr: onnx.AttributeProto) -> str:
+    return f"{where}/node '{node.name or node.op_type}' attribute {attr.name}"
+
+
+def _subgraphs(nodes, where: str):
+    """(where, graph) of every graph held in the attributes of ``nodes`` (If, Loop, Scan), recursively."""
+    for node in nodes:
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(attr.g)
+                yield from _graphs(attr.g, _attr_where(where, node, attr))
             elif attr.type == onnx.AttributeProto.GRAPHS:
                 for g in attr.graphs:
-                    yield from _graphs(g)
+                    yield from _graphs(g, _attr_where(where, node, attr))
+
+
+def _graphs(graph: onnx.GraphProto, where: str = "graph"):
+    """(where, graph) for ``graph`` and every subgraph below it."""
+    yield where, graph
+    yield from _subgraphs(graph.node, where)
 
 
 EXTERNAL_KEYS = {"location", "offset", "length", "checksum"}
@@ -154,31 +164,24 @@ EXTERNAL_KEYS = {"location", "offset", "length", "checksum"}
 def _tensors(model: onnx.ModelProto):
     """(where, tensor) for every tensor a file can hold: initializers, sparse initializers, Constant
     and other tensor attributes, in the graph, its subgraphs and the model's functions."""
-    def in_nodes(nodes, where):
+    holders = [(where, g.node, g) for where, g in _graphs(model.graph)]
+    for fn in model.functions:
+        where = f"function {fn.domain}.{fn.name}"
+        holders += [(where, fn.node, None)] + [(w, g.node, g) for w, g in _subgraphs(fn.node, where)]
+    for where, nodes, graph in holders:
+        if graph is not None:
+            yield from ((f"{where}/initializer", t) for t in graph.initializer)
+            for sp in graph.sparse_initializer:
+                yield from ((f"{where}/sparse initializer", t) for t in (sp.values, sp.indices))
         for node in nodes:
             for attr in node.attribute:
-                at = f"{where}/node '{node.name or node.op_type}' attribute {attr.name}"
+                at = _attr_where(where, node, attr)
                 if attr.type == onnx.AttributeProto.TENSOR:
                     yield at, attr.t
                 elif attr.type == onnx.AttributeProto.TENSORS:
                     yield from ((at, t) for t in attr.tensors)
                 elif attr.type == onnx.AttributeProto.SPARSE_TENSOR:
                     yield from ((at, t) for t in (attr.sparse_tensor.values, attr.sparse_tensor.indices))
-                elif attr.type == onnx.AttributeProto.GRAPH:
-                    yield from in_graph(attr.g, at)
-                elif attr.type == onnx.AttributeProto.GRAPHS:
-                    for g in attr.graphs:
-                        yield from in_graph(g, at)
-
-    def in_graph(graph, where):
-        yield from ((f"{where}/initializer", t) for t in graph.initializer)
-        for sp in graph.sparse_initializer:
-            yield from ((f"{where}/sparse initializer", t) for t in (sp.values, sp.indices))
-        yield from in_nodes(graph.node, where)
-
-    yield from in_graph(model.graph, "graph")
-    for fn in model.functions:
-        yield from in_nodes(fn.node, f"function {fn.domain}.{fn.name}")
 
 
 def external_data(model: onnx.ModelProto, path: str | os.PathLike) -> list[Finding]:

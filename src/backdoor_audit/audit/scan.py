@@ -11,7 +11,8 @@ The verdict (docs/scan.md), in this order:
    read and the verdict is "inconclusive");
 2. Neural Cleanse, when it ran: a class over its anomaly threshold (the paper's 2) is the
    suspected target, "backdoor suspected"; no such class: "no backdoor found";
-3. otherwise ANP's probe, when it ran and could judge (it is evidence beside NC, not a verdict of
+3. otherwise MM-BD, when it ran: the same with its order-statistic p-value (0.05, the authors');
+4. otherwise ANP's probe, when it ran and could judge (it is evidence beside NC, not a verdict of
    its own, when both ran: on CIFAR-10 it flags clean models too);
 5. otherwise "inconclusive": the scan never calls a model clean that it could not judge.
 The thresholds are the papers' defaults, not yet calibrated on the zoo (the calibration is the
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -73,8 +75,6 @@ class ScanReport:
 def scan_targets(path) -> list:
     """The files a scan of ``path`` covers: the file itself, or every .onnx file under a folder
     (sorted; DataError when there is none)."""
-    from pathlib import Path
-
     path = Path(path)
     if not path.is_dir():
         return [path]
@@ -129,26 +129,24 @@ def scan_model(model_path, clean: ImageSet | None = None, *, detectors: tuple[st
             reason = f"unsafe external data ({len(unsafe)} tensor(s)): no weight was read, so none was judged"
         return ScanReport(str(model_path), verdict, target, by, reason, None, 0, results, time.perf_counter() - t0,
                           _sorted(file_findings + [f for d in results for f in d.findings]))
-    ctx = ScanContext(str(model_path), load_model(model_path), seed=seed, progress=progress)
+    model = open_model(model_path, device) if any(n != "graph" for n in names) else None  # read once
+    ctx = ScanContext(str(model_path), model.proto if model else load_model(model_path), model=model, seed=seed,
+                      progress=progress)
     acc = None
     if needs_data:
-        ctx.model = open_model(model_path, device)
-        ctx.proto = ctx.model.proto
-        fitted = fit_images(ctx.model.proto, clean, ctx.model.executor.device, layout=layout, mean=mean, std=std)
+        fitted = fit_images(ctx.proto, clean, model.executor.device, layout=layout, mean=mean, std=std)
         if len(clean) < clean.num_classes:
             raise DataError(f"{clean.source}: {len(clean)} clean images for {clean.num_classes} classes; "
                             "the scan needs at least one image per class")
         ctx.x, ctx.y, ctx.raw, ctx.preprocess = fitted.x, fitted.y, fitted.raw, fitted.preprocess.torch
         ctx.num_classes, ctx.pixel_shape = clean.num_classes, tuple(fitted.raw.shape[1:])
-        acc = accuracy(ctx.model.executor, ctx.x, ctx.y)
-    elif any(n != "graph" for n in names):  # data-free detectors that run the model on synthetic pixels
-        ctx.model = open_model(model_path, device)
-        ctx.proto = ctx.model.proto
+        acc = accuracy(model.executor, ctx.x, ctx.y)
+    elif model is not None:  # data-free detectors that run the model on synthetic pixels
         pre, ctx.pixel_shape = blind_preprocess(ctx.proto, layout=layout, mean=mean, std=std)
         ctx.preprocess = pre.torch
-        probe = torch.rand((1, *ctx.pixel_shape)).to(ctx.model.executor.device)
+        probe = torch.rand((1, *ctx.pixel_shape)).to(model.executor.device)
         with torch.no_grad():
-            ctx.num_classes = int(ctx.model.executor(ctx.preprocess(probe)).reshape(1, -1).shape[1])
+            ctx.num_classes = int(model.executor(ctx.preprocess(probe)).reshape(1, -1).shape[1])
     results = [run_detector(n, ctx, options.get(n)) for n in names]
     verdict, target, by, reason = decide(results)
     findings = _sorted(file_findings + [f for d in results for f in d.findings])

@@ -114,6 +114,26 @@ def reverse_trigger(executor: OnnxExecutor, raw: torch.Tensor, preprocess: Calla
     return ReversedTrigger(target, m[0, 0].cpu().numpy(), p[0].cpu().numpy(), float(m.sum()), last_rate, False)
 
 
+def reverse_all(executor: OnnxExecutor, raw: torch.Tensor, preprocess: Callable[[torch.Tensor], torch.Tensor],
+                num_classes: int, *, steps: int, batch_size: int, init_cost: float, seed: int = 0,
+                progress: bool = False) -> list[ReversedTrigger]:
+    """One reversed trigger per class (progress counted in classes)."""
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=num_classes, desc="reverse triggers", unit="class", leave=False)
+    out = []
+    for t in range(num_classes):
+        out.append(reverse_trigger(executor, raw, preprocess, t, steps=steps, batch_size=batch_size,
+                                   init_cost=init_cost, seed=seed))
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return out
+
+
 def anomaly_index(norms: np.ndarray) -> np.ndarray:
     """NC's anomaly index per class: (median - norm) / (1.4826 * MAD); only classes with a smaller
     norm than the median get a positive index."""

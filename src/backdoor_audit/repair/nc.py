@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..audit.trigger import anomaly_index, load_triggers, reverse_options, reverse_trigger
+from ..audit.trigger import anomaly_index, load_triggers, reverse_all, reverse_options
 from ..errors import SpecError
 from ..options import Option
 from .base import RepairContext, RepairResult, register_method
@@ -29,24 +29,6 @@ OPTIONS = [
 ]
 
 
-def reverse_all(ctx: RepairContext, num_classes: int, opts: dict) -> list:
-    """One reversed trigger per class (progress counted in classes)."""
-    bar = None
-    if ctx.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=num_classes, desc="reverse triggers", unit="class", leave=False)
-    out = []
-    for t in range(num_classes):
-        out.append(reverse_trigger(ctx.executor, ctx.raw, ctx.preprocess, t, steps=opts["re_steps"],
-                                   batch_size=opts["re_batch_size"], init_cost=opts["init_cost"], seed=ctx.seed))
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    return out
-
-
 @register_method("nc", summary="Neural Cleanse: reverse-engineer each class's trigger, flag outliers by "
                  "anomaly index, unlearn the flagged triggers by fine-tuning", source="Wang et al., IEEE S&P 2019",
                  needs="labeled", options=OPTIONS)
@@ -59,7 +41,9 @@ def run_nc(ctx: RepairContext, **opts) -> RepairResult:
         if len(triggers) != num_classes:
             raise SpecError(f"{opts['triggers']}: {len(triggers)} triggers for a model of {num_classes} classes")
     else:
-        triggers = reverse_all(ctx, num_classes, opts)
+        triggers = reverse_all(ctx.executor, ctx.raw, ctx.preprocess, num_classes, steps=opts["re_steps"],
+                               batch_size=opts["re_batch_size"], init_cost=opts["init_cost"], seed=ctx.seed,
+                               progress=ctx.progress)
     norms = np.array([t.l1 for t in triggers])
     index = anomaly_index(norms)
     flagged = [t for t, a in zip(triggers, index) if a > opts["anomaly"]]

@@ -152,9 +152,8 @@ def result_writes(m: OpenedModel, result: RepairResult) -> list[Write]:
     for name in new:
         if not m.executor.has_value(name) or name not in m.executor.initializer_names:
             raise ModelError(f"method {result.method} wrote initializer '{name}', which the model does not have")
-    finite = [(name, v) for name, v in new.items()] + [(i.name, i.weight) for i in result.inserts or []] + \
-        [(i.name, i.bias) for i in result.inserts or []]
-    for name, values in finite:
+    inserted = [(i.name, v) for i in result.inserts or [] for v in (i.weight, i.bias)]
+    for name, values in [*new.items(), *inserted]:
         if np.issubdtype(np.asarray(values).dtype, np.floating) and not np.isfinite(values).all():
             raise ModelError(f"method {result.method} diverged: its new values for '{name}' are not finite "
                              "(NaN or inf); nothing written (a smaller lr may help)")

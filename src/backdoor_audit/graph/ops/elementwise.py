@@ -6,8 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from . import register
-from ._util import ONNX_DTYPES, scalar
-from ...errors import UnsupportedOpError
+from ._util import ONNX_DTYPES, onnx_type_name, scalar
 
 
 def _binary(fn):
@@ -36,7 +35,7 @@ def _div(ctx, x):
     return a / b
 
 
-@register("Mod")
+@register("Mod", attrs=("fmod",))
 def _mod(ctx, x):
     a, b = x
     return torch.fmod(a, b) if ctx.attr("fmod", 0) else torch.remainder(a, b)
@@ -54,7 +53,7 @@ for _name, _fn in _UNARY.items():
     register(_name)((lambda f: lambda ctx, x: f(x[0]))(_fn))
 
 
-@register("LeakyRelu")
+@register("LeakyRelu", attrs=("alpha",))
 def _leaky(ctx, x):
     return F.leaky_relu(x[0], ctx.attr("alpha", 0.01))
 
@@ -64,34 +63,36 @@ def _prelu(ctx, x):
     return torch.where(x[0] >= 0, x[0], x[0] * x[1])
 
 
-@register("Elu")
+@register("Elu", attrs=("alpha",))
 def _elu(ctx, x):
     return F.elu(x[0], ctx.attr("alpha", 1.0))
 
 
-@register("Selu")
+@register("Selu", attrs=("alpha", "gamma"))
 def _selu(ctx, x):
     a, g = ctx.attr("alpha", 1.67326319217681884765625), ctx.attr("gamma", 1.05070102214813232421875)
     return g * torch.where(x[0] > 0, x[0], a * (torch.exp(x[0]) - 1))
 
 
-@register("HardSigmoid")
+@register("HardSigmoid", attrs=("alpha", "beta"))
 def _hsig(ctx, x):
     return torch.clamp(ctx.attr("alpha", 0.2) * x[0] + ctx.attr("beta", 0.5), 0.0, 1.0)
 
 
-@register("Gelu")
+@register("Gelu", attrs=("approximate",))
 def _gelu(ctx, x):
     return F.gelu(x[0], approximate=ctx.attr("approximate", "none"))
 
 
-@register("Clip")
+@register("Clip", attrs=("min", "max"))
 def _clip(ctx, x):
     if ctx.opset < 11:
         lo, hi = ctx.attr("min"), ctx.attr("max")
     else:
         lo = scalar(x[1] if len(x) > 1 else None)
         hi = scalar(x[2] if len(x) > 2 else None)
+    if lo is None and hi is None:  # neither bound given: the identity
+        return x[0]
     return torch.clamp(x[0], lo, hi)
 
 
@@ -120,15 +121,19 @@ def _where(ctx, x):
     return torch.where(x[0].bool(), x[1], x[2])
 
 
-@register("Cast")
-def _cast(ctx, x):
+def _cast_check(ctx):
     to = ctx.attr("to")
     if to not in ONNX_DTYPES:
-        raise UnsupportedOpError(f"node '{ctx.name}' (Cast): target data type {to} is not supported")
-    return x[0].to(ONNX_DTYPES[to])
+        return f"Cast to data type {onnx_type_name(to)} is not supported"
+    return None
 
 
-@register("CastLike")
+@register("Cast", attrs=("to", "saturate", "round_mode"), check=_cast_check)
+def _cast(ctx, x):
+    return x[0].to(ONNX_DTYPES[ctx.attr("to")])
+
+
+@register("CastLike", attrs=("saturate", "round_mode"))
 def _castlike(ctx, x):
     return x[0].to(x[1].dtype)
 
@@ -145,5 +150,5 @@ def _softmax_like(fn):
     return run
 
 
-register("Softmax")(_softmax_like(torch.softmax))
-register("LogSoftmax")(_softmax_like(torch.log_softmax))
+register("Softmax", attrs=("axis",))(_softmax_like(torch.softmax))
+register("LogSoftmax", attrs=("axis",))(_softmax_like(torch.log_softmax))

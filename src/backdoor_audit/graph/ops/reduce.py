@@ -17,6 +17,7 @@ _REDUCE = {
     "ReduceL1": lambda t, d, k: t.abs().sum(dim=d, keepdim=k),
     "ReduceSumSquare": lambda t, d, k: t.pow(2).sum(dim=d, keepdim=k),
     "ReduceLogSumExp": lambda t, d, k: torch.logsumexp(t, dim=d, keepdim=k),
+    "ReduceLogSum": lambda t, d, k: t.sum(dim=d, keepdim=k).log(),
 }
 
 
@@ -47,7 +48,7 @@ def _reduce(op_type):
 
 
 for _op in _REDUCE:
-    register(_op)(_reduce(_op))
+    register(_op, attrs=("axes", "keepdims", "noop_with_empty_axes"))(_reduce(_op))
 
 
 def _arg(fn):
@@ -65,5 +66,5 @@ def _arg(fn):
     return run
 
 
-register("ArgMax")(_arg(torch.argmax))
-register("ArgMin")(_arg(torch.argmin))
+register("ArgMax", attrs=("axis", "keepdims", "select_last_index"))(_arg(torch.argmax))
+register("ArgMin", attrs=("axis", "keepdims", "select_last_index"))(_arg(torch.argmin))

@@ -10,7 +10,7 @@ from ._util import ints, norm_axis, scalar
 from ...errors import UnsupportedOpError
 
 
-@register("Shape")
+@register("Shape", attrs=("start", "end"))
 def _shape(ctx, x):
     dims = list(x[0].shape)
     start, end = ctx.attr("start", 0), ctx.attr("end", None)
@@ -22,7 +22,7 @@ def _size(ctx, x):
     return torch.tensor(x[0].numel(), dtype=torch.int64, device=x[0].device)
 
 
-@register("Flatten")
+@register("Flatten", attrs=("axis",))
 def _flatten(ctx, x):
     t = x[0]
     axis = norm_axis(ctx.attr("axis", 1), t.dim())
@@ -32,17 +32,16 @@ def _flatten(ctx, x):
     return t.reshape(lead, -1)
 
 
-@register("Reshape")
+@register("Reshape", attrs=("allowzero", "shape"))
 def _reshape(ctx, x):
-    t, shape = x[0], ints(x[1])
-    if ctx.opset < 5:
-        shape = list(ctx.attr("shape"))
+    t = x[0]
+    shape = list(ctx.attr("shape")) if ctx.opset < 5 else ints(x[1])  # Reshape-1: an attribute
     if not ctx.attr("allowzero", 0):
         shape = [t.shape[i] if s == 0 else s for i, s in enumerate(shape)]
     return t.reshape(shape)
 
 
-@register("Transpose")
+@register("Transpose", attrs=("perm",))
 def _transpose(ctx, x):
     perm = ctx.attr("perm") or list(reversed(range(x[0].dim())))
     return x[0].permute(*perm)
@@ -55,7 +54,7 @@ def _axes(ctx, x, idx: int, since: int):
     return ints(x[idx]) if len(x) > idx and x[idx] is not None else None
 
 
-@register("Squeeze")
+@register("Squeeze", attrs=("axes",))
 def _squeeze(ctx, x):
     t = x[0]
     axes = _axes(ctx, x, 1, 13)
@@ -66,7 +65,7 @@ def _squeeze(ctx, x):
     return t
 
 
-@register("Unsqueeze")
+@register("Unsqueeze", attrs=("axes",))
 def _unsqueeze(ctx, x):
     t = x[0]
     axes = _axes(ctx, x, 1, 13)
@@ -76,13 +75,13 @@ def _unsqueeze(ctx, x):
     return t
 
 
-@register("Concat")
+@register("Concat", attrs=("axis",))
 def _concat(ctx, x):
     parts = [t for t in x if t is not None and (t.dim() == 0 or t.numel() or t.dim() > 1)]
     return torch.cat(parts, dim=ctx.attr("axis"))
 
 
-@register("Split")
+@register("Split", attrs=("axis", "split", "num_outputs"))
 def _split(ctx, x):
     t = x[0]
     axis = norm_axis(ctx.attr("axis", 0), t.dim())
@@ -94,7 +93,7 @@ def _split(ctx, x):
     return tuple(torch.split(t, list(sizes), dim=axis))
 
 
-@register("Gather")
+@register("Gather", attrs=("axis",))
 def _gather(ctx, x):
     data, idx = x[0], x[1].long()
     axis = norm_axis(ctx.attr("axis", 0), data.dim())
@@ -104,7 +103,7 @@ def _gather(ctx, x):
     return out.reshape(list(data.shape[:axis]) + list(idx.shape) + list(data.shape[axis + 1:]))
 
 
-@register("Slice")
+@register("Slice", attrs=("starts", "ends", "axes"))
 def _slice(ctx, x):
     t = x[0]
     if ctx.opset < 10:
@@ -123,24 +122,36 @@ def _slice(ctx, x):
         e = e + dim if e < 0 else e
         if st > 0:
             s, e = min(max(s, 0), dim), min(max(e, 0), dim)
-            t = t.narrow(a, s, max(e - s, 0)) if st == 1 else t.index_select(
-                a, torch.arange(s, e, st, device=t.device))
         else:
             s, e = min(max(s, 0), dim - 1), min(max(e, -1), dim - 1)
+        if st == 1:
+            t = t.narrow(a, s, max(e - s, 0))
+        elif (e - s) * st > 0:
             t = t.index_select(a, torch.arange(s, e, st, device=t.device))
+        else:  # start at or past end for the step's sign: nothing
+            t = t.narrow(a, 0, 0)
     return t
 
 
-@register("Constant")
+_CONSTANT_KEYS = ("value", "value_float", "value_floats", "value_int", "value_ints")
+
+
+def _constant_check(ctx):
+    if not any(k in ctx.attrs for k in _CONSTANT_KEYS):
+        return "Constant: only numeric values are supported (not strings or sparse tensors)"
+    return None
+
+
+@register("Constant", attrs=_CONSTANT_KEYS, check=_constant_check)
 def _constant(ctx, x):
-    for key in ("value", "value_float", "value_floats", "value_int", "value_ints"):
+    for key in _CONSTANT_KEYS:
         if key in ctx.attrs:
             v = ctx.attrs[key]
             return v if isinstance(v, torch.Tensor) else torch.tensor(v)
     raise UnsupportedOpError(f"node '{ctx.name}' (Constant): only numeric values are supported")
 
 
-@register("ConstantOfShape")
+@register("ConstantOfShape", attrs=("value",))
 def _const_of_shape(ctx, x):
     value = ctx.attr("value")
     if value is None:
@@ -165,10 +176,17 @@ def _range(ctx, x):
     return torch.arange(start, limit, delta, dtype=x[0].dtype, device=x[0].device)
 
 
-_PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}
+_PAD_MODES = ("constant", "reflect", "edge", "wrap")
 
 
-@register("Pad")
+def _pad_check(ctx):
+    mode = ctx.attr("mode", "constant")
+    if mode not in _PAD_MODES:
+        return f"Pad mode '{mode}' is not supported"
+    return None
+
+
+@register("Pad", attrs=("mode", "pads", "value"), check=_pad_check)
 def _pad(ctx, x):
     t = x[0]
     mode = ctx.attr("mode", "constant")
@@ -187,13 +205,29 @@ def _pad(ctx, x):
             a = norm_axis(a, rank)
             full[a], full[a + rank] = pads[i], pads[i + n]
         pads = full
-    torch_pads = []
-    for i in reversed(range(rank)):
-        torch_pads += [pads[i], pads[i + rank]]
-    while len(torch_pads) > 2 and torch_pads[-2:] == [0, 0]:
-        torch_pads = torch_pads[:-2]
-    if mode not in _PAD_MODES:
-        raise UnsupportedOpError(f"node '{ctx.name}' (Pad): mode {mode} is not supported")
     if mode == "constant":
+        torch_pads = []
+        for i in reversed(range(rank)):
+            torch_pads += [pads[i], pads[i + rank]]
+        while len(torch_pads) > 2 and torch_pads[-2:] == [0, 0]:
+            torch_pads = torch_pads[:-2]
         return F.pad(t, torch_pads, value=value)
-    return F.pad(t, torch_pads, mode=_PAD_MODES[mode])
+    for axis in range(rank):  # reflect / edge / wrap: a gather per padded axis, any rank and dtype
+        before, after = pads[axis], pads[axis + rank]
+        if before or after:
+            t = t.index_select(axis, _pad_index(mode, t.shape[axis], before, after, t.device))
+    return t
+
+
+def _pad_index(mode: str, size: int, before: int, after: int, device) -> torch.Tensor:
+    """Source index of each output position along one axis (negative pads crop)."""
+    pos = torch.arange(-before, size + after, device=device)
+    if mode == "edge":
+        return pos.clamp(0, size - 1)
+    if mode == "wrap":
+        return pos.remainder(size)
+    if size == 1:
+        return torch.zeros_like(pos)
+    period = 2 * (size - 1)  # reflect without repeating the edge: 2 1 | 0 1 2 3 | 2 1
+    p = pos.remainder(period)
+    return torch.where(p < size, p, period - p)

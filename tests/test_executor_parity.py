@@ -88,7 +88,7 @@ def test_gradients_reach_input_and_every_initializer(exported, mnist_images, cif
 def test_mnist_cnn_has_the_appendix_neuron_count(tmp_path):
     model, shape = _model("mnist-cnn")
     inv = build_inventory(onnx.load(str(export(model, shape, tmp_path / "m.onnx", "dynamo"))))
-    assert inv.summary()["by_kind"] == {"conv": 48, "linear": 522, "bn": 0}
+    assert inv.summary()["by_kind"] == {"conv": 48, "linear": 522, "bn": 0, "norm": 0}
     assert sum(l.size for l in inv.units()) == 560  # ANP Table 6: 48 conv + 512 FC, head excluded
 
 

@@ -89,4 +89,4 @@ def test_mnist_fc_has_the_appendix_2000_hidden_neurons(tmp_path):
     units = inv.units()
     assert [l.size for l in units] == [500, 500, 500, 500]
     assert all(l.kind == "linear" for l in units)
-    assert inv.summary()["by_kind"] == {"conv": 0, "linear": 2010, "bn": 0}
+    assert inv.summary()["by_kind"] == {"conv": 0, "linear": 2010, "bn": 0, "norm": 0}

@@ -107,3 +107,13 @@ def _windows_peak_mb() -> float:
         return counters.PeakWorkingSetSize / (1024.0 * 1024.0)
     except (AttributeError, OSError, ImportError):  # not Windows either, or the call is refused
         return float("nan")
+
+
+def class_scores(scores):
+    """A classifier's output as (batch, classes): an (N, C, 1, ..., 1) output (model-zoo DenseNet,
+    SqueezeNet end in a global pool) is squeezed; any other shape is returned as it is, for the
+    caller to refuse. Works on numpy arrays and torch tensors alike."""
+    shape = tuple(scores.shape)
+    if len(shape) > 2 and all(int(d) == 1 for d in shape[2:]):
+        return scores.reshape(shape[0], shape[1])
+    return scores

@@ -22,9 +22,10 @@ from __future__ import annotations
 import os
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import onnx
+
+from ..graph.external import external_problems, graphs
 
 STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training"}
 RUNTIME_DOMAINS = {"com.microsoft", "com.microsoft.nchwc", "com.ms.internal.nhwc", "com.microsoft.experimental"}
@@ -116,7 +117,7 @@ def operator_domains(model: onnx.ModelProto) -> list[Finding]:
     local = {(f.domain, f.name) for f in model.functions}
     foreign: dict[str, list[str]] = {}
     code: list[str] = []
-    for _, graph in _graphs(model.graph):
+    for _, graph in graphs(model.graph):
         for i, node in enumerate(graph.node):
             if node.op_type in CODE_OPS:
                 code.append(f"{_node_name(node, i)} ({node.domain or 'ai.onnx'}.{node.op_type})")
@@ -137,102 +138,12 @@ def operator_domains(model: onnx.ModelProto) -> list[Finding]:
     return out
 
 
-def _attr_where(where: str, node: onnx.NodeProto, attr: onnx.AttributeProto) -> str:
-    return f"{where}/node '{node.name or node.op_type}' attribute {attr.name}"
-
-
-def _subgraphs(nodes, where: str):
-    """(where, graph) of every graph held in the attributes of ``nodes`` (If, Loop, Scan), recursively."""
-    for node in nodes:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(attr.g, _attr_where(where, node, attr))
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _graphs(g, _attr_where(where, node, attr))
-
-
-def _graphs(graph: onnx.GraphProto, where: str = "graph"):
-    """(where, graph) for ``graph`` and every subgraph below it."""
-    yield where, graph
-    yield from _subgraphs(graph.node, where)
-
-
-EXTERNAL_KEYS = {"location", "offset", "length", "checksum"}
-
-
-def _tensors(model: onnx.ModelProto):
-    """(where, tensor) for every tensor a file can hold: initializers, sparse initializers, Constant
-    and other tensor attributes, in the graph, its subgraphs and the model's functions."""
-    holders = [(where, g.node, g) for where, g in _graphs(model.graph)]
-    for fn in model.functions:
-        where = f"function {fn.domain}.{fn.name}"
-        holders += [(where, fn.node, None)] + [(w, g.node, g) for w, g in _subgraphs(fn.node, where)]
-    for where, nodes, graph in holders:
-        if graph is not None:
-            yield from ((f"{where}/initializer", t) for t in graph.initializer)
-            for sp in graph.sparse_initializer:
-                yield from ((f"{where}/sparse initializer", t) for t in (sp.values, sp.indices))
-        for node in nodes:
-            for attr in node.attribute:
-                at = _attr_where(where, node, attr)
-                if attr.type == onnx.AttributeProto.TENSOR:
-                    yield at, attr.t
-                elif attr.type == onnx.AttributeProto.TENSORS:
-                    yield from ((at, t) for t in attr.tensors)
-                elif attr.type == onnx.AttributeProto.SPARSE_TENSOR:
-                    yield from ((at, t) for t in (attr.sparse_tensor.values, attr.sparse_tensor.indices))
-
-
 def external_data(model: onnx.ModelProto, path: str | os.PathLike) -> list[Finding]:
-    """Every tensor stored outside the file, checked without reading it: a location that is
-    absolute, leaves the model's folder after normalising, or passes through a symlink; a file
-    with other hard links; an offset or length past the file's end; keys ONNX does not define."""
-    base = Path(path).resolve().parent
-    out = []
-    for where, t in _tensors(model):
-        if t.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        info = {e.key: e.value for e in t.external_data}
-        name = t.name or "(unnamed)"
-
-        def bad(problem: str, severity: str = "critical") -> None:
-            out.append(Finding("file.external-data", severity, f"tensor '{name}' ({where}): {problem}",
-                               {"tensor": name, "where": where, **info}))
-
-        unknown = sorted(set(info) - EXTERNAL_KEYS)
-        if unknown:
-            bad(f"external data keys ONNX does not define: {', '.join(unknown)}", "high")
-        loc = info.get("location", "")
-        if not loc:
-            bad("external data without a location")
-            continue
-        if os.path.isabs(loc) or Path(loc).drive:
-            bad(f"absolute external data location '{loc}'")
-            continue
-        if os.path.normpath(loc).split(os.sep)[0] == os.pardir:
-            bad(f"external data location '{loc}' leaves the model's folder")
-            continue
-        target = base / os.path.normpath(loc)
-        link = next((p for p in [target, *target.parents] if p != base and base in p.parents and p.is_symlink()),
-                    None)
-        if link is not None:
-            bad(f"external data location '{loc}' passes through the symlink '{link.relative_to(base)}'")
-            continue
-        if not target.is_file():
-            bad(f"external data file '{loc}' is missing", "high")
-            continue
-        st = target.stat()
-        if st.st_nlink > 1:
-            bad(f"external data file '{loc}' has {st.st_nlink} hard links (it may be a file from elsewhere)")
-        try:
-            offset, length = int(info.get("offset", 0)), int(info.get("length", 0) or 0)
-        except ValueError:
-            bad(f"external data offset/length are not numbers ({info.get('offset')!r}, {info.get('length')!r})")
-            continue
-        if offset < 0 or length < 0 or offset + length > st.st_size:
-            bad(f"external data offset {offset} + length {length} runs past the end of '{loc}' ({st.st_size} bytes)")
-    return out
+    """Every tensor stored outside the file, checked without reading it (``graph.external``: the
+    same rules ``load_model`` refuses a file by), as findings naming the tensor."""
+    return [Finding("file.external-data", p.severity, f"tensor '{p.tensor}' ({p.where}): {p.problem}",
+                    {"tensor": p.tensor, "where": p.where, **p.info})
+            for p in external_problems(model, path)]
 
 
 def graph_hazards(model: onnx.ModelProto) -> list[Finding]:

@@ -51,7 +51,7 @@ def perturbation_probe(ex: OnnxExecutor, inventory: NeuronInventory, x: torch.Te
                 g_x = torch.zeros_like(mod.xi)
                 for i in range(0, len(x), batch_size):
                     loss = F.cross_entropy(ex(x[i:i + batch_size]), y[i:i + batch_size], reduction="sum")
-                    a, b = torch.autograd.grad(loss, [mod.delta, mod.xi])
+                    a, b = mod.perturbation_grads(loss)
                     g_d += a
                     g_x += b
                 mod.delta.requires_grad_(False)

@@ -34,24 +34,32 @@ main.add_command(bench)
 @click.option("--json", "as_json", is_flag=True, help="print the inventory as JSON")
 @handle_errors
 def inspect(model, as_json):
-    """List the model's neurons: layers, BN state, couplings, head."""
+    """List the model's neurons (layers, BN state, couplings, head) and everything in the file the
+    executor cannot run, all at once; exit 2 when there is any."""
     from ..graph.load import input_dims, load_model, opset_version
     from ..graph.neurons import build_inventory
+    from ..graph.support import problems
 
     proto = load_model(model)
+    found = problems(proto)
     inv = build_inventory(proto)
     if as_json:
         click.echo(json.dumps({"summary": inv.summary(), "layers": [l.__dict__ for l in inv.layers],
-                               "couplings": [c.__dict__ for c in inv.couplings]}, indent=2))
-        return
-    s = inv.summary()
-    click.echo(f"{model}: opset {opset_version(proto)}, input {input_dims(proto)}, "
-               f"{s['neurons']} neurons in {s['layers']} layers, BatchNorm {s['batchnorm']}")
-    for l in inv.layers:
-        extra = " head" if l.head else f" normalised by {l.bn}" if l.bn else ""
-        click.echo(f"  {l.name:<48} {l.op:<18} {l.size:>5}{extra}")
-    for c in inv.couplings:
-        click.echo(f"  coupled by {c.kind} at {c.node}: {', '.join(c.layers)}")
+                               "couplings": [c.__dict__ for c in inv.couplings],
+                               "unsupported": [p.__dict__ for p in found]}, indent=2))
+    else:
+        s = inv.summary()
+        click.echo(f"{model}: opset {opset_version(proto)}, input {input_dims(proto)}, "
+                   f"{s['neurons']} neurons in {s['layers']} layers, BatchNorm {s['batchnorm']}")
+        for l in inv.layers:
+            extra = " head" if l.head else f" normalised by {l.bn}" if l.bn else ""
+            click.echo(f"  {l.name:<48} {l.op:<18} {l.size:>5}{extra}")
+        for c in inv.couplings:
+            click.echo(f"  coupled by {c.kind} at {c.node}: {', '.join(c.layers)}")
+        for p in found:
+            click.echo(f"  unsupported: {p}")
+    if found:
+        raise AuditError(f"{model}: {len(found)} unsupported op(s) or attribute(s); the executor cannot run this file")
 
 
 # ---------------------------------------------------------------------------------------- repair

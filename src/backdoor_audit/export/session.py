@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..errors import ModelError
-from ..util import first_line
+from ..util import class_scores, first_line
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -77,7 +77,8 @@ def run_logits(
         names = ", ".join(i.name for i in inputs)
         raise ModelError(f"model has {len(inputs)} inputs ({names}); expected one image input")
     name = inputs[0].name
-    x = np.ascontiguousarray(x_model_input, dtype=np.float32)
+    # a half-precision model takes half-precision images; scores come back as float32 either way
+    x = np.ascontiguousarray(x_model_input, dtype=np.float16 if inputs[0].type == "tensor(float16)" else np.float32)
     if batch_size <= 0:
         raise ModelError(f"batch size must be positive, got {batch_size}")
     fixed = inputs[0].shape[0] if inputs[0].shape else None
@@ -95,12 +96,12 @@ def run_logits(
         if isinstance(fixed, int) and fixed > 0 and n < fixed:
             batch = np.concatenate([batch, np.repeat(batch[:1], fixed - n, axis=0)])
         try:
-            outputs.append(session.run(None, {name: batch})[0][:n])
+            outputs.append(class_scores(session.run(None, {name: batch})[0][:n]))
         except Exception as exc:  # onnxruntime raises its own pybind exception types
             raise ModelError(
                 f"onnxruntime failed on input {name!r} with a batch of shape {list(batch.shape)}: {first_line(exc)}"
             ) from None
     if not outputs:
         return np.zeros((0, 0), dtype=np.float32)
-    return np.concatenate(outputs, axis=0)
+    return np.concatenate(outputs, axis=0).astype(np.float32, copy=False)
 

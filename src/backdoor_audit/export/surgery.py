@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx import numpy_helper
 
 from .. import __version__
 from ..errors import ModelError
@@ -91,7 +92,51 @@ def _slot_readers(model: onnx.ModelProto) -> dict[str, list[tuple[str, int]]]:
 
 def apply_writes(model: onnx.ModelProto, writes: list[Write],
                  inserts: tuple[Insert, ...] | list[Insert] = ()) -> tuple[onnx.ModelProto, list[str]]:
-    """Return a new model with the writes (then the inserts) applied, and the names of any unshared copies."""
+    """Return a new model with the writes (then the inserts) applied, and the names of any unshared copies.
+
+    Writes alone are applied to a copy of the protobuf itself (only initializer values change and
+    unshared copies are added); inserts go through onnx-graphsurgeon. Either way a file of IR
+    version 3 keeps every initializer listed as a graph input, as that version requires."""
+    if inserts:
+        out, unshared = _apply_with_graphsurgeon(model, writes, inserts)
+    else:
+        out, unshared = _apply_in_place(model, writes)
+    if model.ir_version < 4:
+        _list_initializers_as_inputs(out)
+    return out, unshared
+
+
+def _checked_values(w: Write, old_shape, old_dtype) -> np.ndarray:
+    if tuple(w.values.shape) != tuple(old_shape):
+        raise ModelError(f"new value for '{w.initializer}' has shape {w.values.shape}, expected {tuple(old_shape)}")
+    return np.ascontiguousarray(w.values.astype(old_dtype, copy=False))
+
+
+def _apply_in_place(model: onnx.ModelProto, writes: list[Write]) -> tuple[onnx.ModelProto, list[str]]:
+    readers = _slot_readers(model)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inits = {init.name: init for init in out.graph.initializer}
+    nodes = dict(zip(node_names(out.graph), out.graph.node))
+    unshared = []
+    for w in writes:
+        init = inits.get(w.initializer)
+        if init is None:
+            raise ModelError(f"initializer '{w.initializer}' of node '{w.node}' not found in the graph")
+        old = numpy_helper.to_array(init)
+        values = _checked_values(w, old.shape, old.dtype)
+        if w.node is None or len(readers.get(w.initializer, [])) <= 1:
+            init.CopyFrom(numpy_helper.from_array(values, init.name))
+        else:
+            copy_name = f"{w.initializer}::{w.node}"
+            out.graph.initializer.append(numpy_helper.from_array(values, copy_name))
+            inits[copy_name] = out.graph.initializer[-1]
+            nodes[w.node].input[w.input_index] = copy_name
+            unshared.append(copy_name)
+    return out, unshared
+
+
+def _apply_with_graphsurgeon(model, writes, inserts) -> tuple[onnx.ModelProto, list[str]]:
     readers = _slot_readers(model)
     graph = gs.import_onnx(model)
     tensors = graph.tensors()
@@ -101,10 +146,7 @@ def apply_writes(model: onnx.ModelProto, writes: list[Write],
         if w.initializer not in tensors or not isinstance(tensors[w.initializer], gs.Constant):
             raise ModelError(f"initializer '{w.initializer}' of node '{w.node}' not found in the graph")
         const = tensors[w.initializer]
-        old = const.values
-        if tuple(w.values.shape) != tuple(old.shape):
-            raise ModelError(f"new value for '{w.initializer}' has shape {w.values.shape}, expected {old.shape}")
-        values = np.ascontiguousarray(w.values.astype(old.dtype, copy=False))
+        values = _checked_values(w, const.values.shape, const.values.dtype)
         if w.node is None or len(readers.get(w.initializer, [])) <= 1:
             const.values = values
         else:
@@ -123,6 +165,14 @@ def apply_writes(model: onnx.ModelProto, writes: list[Write],
     if model.functions and not out.functions:
         out.functions.extend(model.functions)
     return out, unshared
+
+
+def _list_initializers_as_inputs(out: onnx.ModelProto) -> None:
+    """IR 3: every initializer must also be a graph input (graphsurgeon drops them, copies are new)."""
+    listed = {i.name for i in out.graph.input}
+    for init in out.graph.initializer:
+        if init.name not in listed:
+            out.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
 
 
 def set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:

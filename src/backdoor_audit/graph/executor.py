@@ -5,6 +5,11 @@ anything a method changes maps straight back to the file. Gradients flow to the 
 after ``requires_grad_weights(True)``, to every float initializer. Masks and perturbations are
 applied at run time by *modulators* registered on a node's input slot: the weight tensor is
 shared, never copied or edited in place.
+
+Half-precision files (float16/bfloat16 weights, inputs or Casts) run in float32 here, which CPU
+gradients and masks need; export casts every written value back to its initializer's type, and
+onnxruntime runs the written file in its own precision. Nodes that read only constants are run
+once when the executor is built (see ``_fold_static``).
 """
 
 from __future__ import annotations
@@ -19,11 +24,13 @@ from onnx import numpy_helper
 from torch import nn
 
 from ..errors import ModelError, UnsupportedOpError
-from ..util import first_line
-from .load import image_input, node_names, opset_version
-from .ops import OPS, NodeCtx
+from ..util import class_scores, first_line
+from .load import expand_functions, image_input, opset_version
+from .ops import NodeCtx
+from .support import node_contexts, summary
 
 Modulator = Callable[[torch.Tensor], torch.Tensor]
+HALF = (torch.float16, torch.bfloat16)  # computed in float32: gradients and masks need it on CPU
 BN_MODES = ("running", "batch", "update")
 OUTPUT = -1  # the modulator slot of a node's first output
 
@@ -34,19 +41,6 @@ class _Node:
     inputs: list[str]
     outputs: list[str]
     fn: Callable
-
-
-def _decode_attr(attr: onnx.AttributeProto):
-    if attr.type == onnx.AttributeProto.TENSOR:
-        return torch.from_numpy(np.array(numpy_helper.to_array(attr.t)))
-    if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
-        return None  # control flow: the op itself is reported as unsupported
-    value = onnx.helper.get_attribute_value(attr)
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, list) and value and isinstance(value[0], bytes):
-        return [v.decode() for v in value]
-    return value
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -62,6 +56,7 @@ class OnnxExecutor(nn.Module):
     def __init__(self, model: onnx.ModelProto, source: str = "model"):
         super().__init__()
         self.source = source
+        model = expand_functions(model)
         self.opset = opset_version(model)
         graph = model.graph
         inp = image_input(model)
@@ -74,20 +69,34 @@ class OnnxExecutor(nn.Module):
         self._slots: dict[str, tuple[str, object]] = {}
         self.initializer_names = [init.name for init in graph.initializer]
         self._bn_mode = "running"
+        self.half_precision = False  # the file holds float16/bfloat16 tensors (run here in float32)
+        self._static: set[str] = set()  # values no method changes: Constant outputs, integer initializers
         for init in graph.initializer:
             tensor = torch.from_numpy(np.array(numpy_helper.to_array(init)))
             self._store(init.name, tensor)
-        self.names = node_names(graph)
+            if not tensor.is_floating_point():
+                self._static.add(init.name)
+        self.names = []
         self.nodes: list[_Node] = []
         self._by_name: dict[str, _Node] = {}
-        for name, node in zip(self.names, graph.node):
-            self._add_node(name, node)
+        found = []
+        for node, ctx, spec, probs in node_contexts(model):
+            self.names.append(ctx.name)
+            found += probs
+            if not probs:
+                self._add_node(node, ctx, spec.fn)
+        if found:
+            raise UnsupportedOpError(f"{source}: {summary(found)}")
+        self.folded = self._fold_static()
         self._last_use = self._compute_last_use()
         self._modulators: dict[tuple[str, int], Modulator] = {}
 
     # -- construction ---------------------------------------------------------------------
-    def _store(self, name: str, tensor: torch.Tensor) -> None:
-        if tensor.is_floating_point():
+    def _store(self, name: str, tensor: torch.Tensor, weight: bool = True) -> None:
+        if tensor.dtype in HALF:  # export casts written values back to the initializer's own type
+            tensor = tensor.float()
+            self.half_precision = True
+        if tensor.is_floating_point() and weight:
             self._slots[name] = ("w", len(self.weights))
             self.weights.append(nn.Parameter(tensor, requires_grad=False))
         else:
@@ -95,22 +104,38 @@ class OnnxExecutor(nn.Module):
             self.register_buffer(key, tensor, persistent=False)
             self._slots[name] = ("c", key)
 
-    def _add_node(self, name: str, node: onnx.NodeProto) -> None:
-        where = f"{self.source}: node '{name}'"
-        if node.domain not in ("", "ai.onnx"):
-            raise UnsupportedOpError(f"{where}: operator {node.domain}::{node.op_type} is not supported "
-                                     "(custom operator domain)")
-        if node.op_type not in OPS:
-            raise UnsupportedOpError(f"{where}: operator {node.op_type} is not supported by the executor")
-        attrs = {a.name: _decode_attr(a) for a in node.attribute}
-        ctx = NodeCtx(name=name, op_type=node.op_type, attrs=attrs, opset=self.opset,
-                      n_outputs=len([o for o in node.output if o]))
-        fn = OPS[node.op_type]
+    def _add_node(self, node: onnx.NodeProto, ctx, fn: Callable) -> None:
         if node.op_type == "Constant":  # fold now, so .to(device) moves it like any buffer
             self._store(node.output[0], fn(ctx, []))
+            self._static.add(node.output[0])
             return
         self.nodes.append(_Node(ctx, list(node.input), list(node.output), fn))
         self._by_name[ctx.name] = self.nodes[-1]
+
+    def _fold_static(self) -> list[str]:
+        """Run once, now, every node that reads only static values (Constant outputs, integer
+        initializers, results of such nodes) and keep its outputs as buffers: weights a file
+        computes with ConstantOfShape (the model-zoo "light" files) or shape constants would
+        otherwise be recomputed on every forward pass. Float initializers are never static (a
+        method may train them), so nothing a gradient must reach is folded. Returns the names of
+        the folded nodes."""
+        keep, folded = [], []
+        outputs = set(self.output_names)
+        for node in self.nodes:
+            reads = [n for n in node.inputs if n]
+            if reads and all(n in self._static for n in reads) and not outputs & set(node.outputs):
+                with torch.no_grad():
+                    out = node.fn(node.ctx, [self.value(n) if n else None for n in node.inputs])
+                for name, t in zip(node.outputs, out if isinstance(out, tuple) else (out,)):
+                    if name:
+                        self._store(name, t, weight=False)
+                        self._static.add(name)
+                folded.append(node.ctx.name)
+                self._by_name.pop(node.ctx.name, None)
+            else:
+                keep.append(node)
+        self.nodes = keep
+        return folded
 
     def _compute_last_use(self) -> dict[str, int]:
         last = {}
@@ -234,14 +259,15 @@ class OnnxExecutor(nn.Module):
                 outs = (post(outs[0]), *outs[1:])
             for name, t in zip(node.outputs, outs):
                 if name:
-                    env[name] = t
+                    env[name] = t.float() if isinstance(t, torch.Tensor) and t.dtype in HALF else t
             for name in node.inputs:
                 if name and name not in keep and self._last_use.get(name) == i:
                     env.pop(name, None)
         return {name: env[name] for name in keep if name in env}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The first graph output: the class scores for an image classifier.
+        """The first graph output: the class scores for an image classifier ((N, C, 1, 1) squeezed
+        to (N, C), as ``util.class_scores`` does for onnxruntime's output).
 
         A model exported with a fixed batch size B runs on any batch in chunks of B (the last
         one padded), so methods need not care how it was exported.
@@ -249,14 +275,14 @@ class OnnxExecutor(nn.Module):
         out_name = self.output_names[0]
         b = self.static_batch
         if b is None or x.shape[0] == b:
-            return self.run(x)[out_name]
+            return class_scores(self.run(x)[out_name])
         outs = []
         for i in range(0, x.shape[0], b):
             chunk = x[i:i + b]
             n = chunk.shape[0]
             if n < b:
                 chunk = torch.cat([chunk, chunk[:1].expand(b - n, *chunk.shape[1:])])
-            outs.append(self.run(chunk)[out_name][:n])
+            outs.append(class_scores(self.run(chunk)[out_name])[:n])
         return torch.cat(outs)
 
 

@@ -13,6 +13,7 @@ import onnx
 from onnx import external_data_helper
 
 from ..errors import ModelError
+from .external import external_problems
 from ..util import first_line
 
 
@@ -27,13 +28,12 @@ def external_data_locations(model: onnx.ModelProto) -> list[str]:
 
 
 def _check_external_paths(model: onnx.ModelProto, path: Path) -> None:
-    base = path.resolve().parent
-    for loc in external_data_locations(model):
-        target = (base / loc).resolve()
-        if os.path.isabs(loc) or base not in target.parents:
-            raise ModelError(f"{path}: external data location '{loc}' escapes the model's folder")
-        if not target.is_file():
-            raise ModelError(f"{path}: external data file '{loc}' is missing")
+    """Refuse, before reading a byte of it, external data the scan would call critical (a location
+    that escapes the folder, is absolute or passes a symlink; a hard-linked file; an offset past
+    the end) or that is missing: one line naming the tensor."""
+    for p in external_problems(model, path):
+        if p.severity == "critical" or "missing" in p.problem:
+            raise ModelError(f"{path}: tensor '{p.tensor}' ({p.where}): {p.problem}")
 
 
 def load_model(path: str | os.PathLike, check: bool = True, external: bool = True) -> onnx.ModelProto:
@@ -64,6 +64,17 @@ def load_model(path: str | os.PathLike, check: bool = True, external: bool = Tru
         except Exception as exc:
             raise ModelError(f"{path}: fails the ONNX checker: {first_line(exc)}") from None
     return model
+
+
+def expand_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with its local functions inlined (older dynamo exports wrap every module in
+    one), so every op is a standard node the executor and the inventory see; the model itself
+    when it has none. Main-graph nodes keep their names; inlined ones get a ``__<n>`` suffix."""
+    if not model.functions:
+        return model
+    import onnx.inliner
+
+    return onnx.inliner.inline_local_functions(model)
 
 
 def image_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:

@@ -75,8 +75,7 @@ def optimize_masks(executor: OnnxExecutor, inventory: NeuronInventory, x: torch.
         raise SpecError(f"ANP eps must be >= 0, got {eps}")
     units = inventory.select_units(layers, include_head=include_head)
     if not units:
-        raise SpecError("the model has no neurons ANP can mask (no Conv, Gemm, MatMul or BatchNormalization "
-                        "with initializer weights outside the classifier head)")
+        raise SpecError(inventory.no_units_reason("ANP"))
     if bn_stats not in ("running", "batch"):
         raise SpecError(f"bn_stats must be 'running' or 'batch', got {bn_stats!r}")
     if noise_bound not in ("project", "none"):
@@ -108,7 +107,7 @@ def optimize_masks(executor: OnnxExecutor, inventory: NeuronInventory, x: torch.
                         mod.delta.requires_grad_(True)
                         mod.xi.requires_grad_(True)
                         loss = F.cross_entropy(ex(xb), yb)
-                        g_delta, g_xi = torch.autograd.grad(loss, [mod.delta, mod.xi])
+                        g_delta, g_xi = mod.perturbation_grads(loss)
                         mod.delta.requires_grad_(False)
                         mod.xi.requires_grad_(False)
                         mod.signed_step(g_delta, g_xi, eps / steps, bound)

@@ -126,6 +126,14 @@ class Modulation:
     def __exit__(self, *exc) -> None:
         self.remove()
 
+    def perturbation_grads(self, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """d loss / d delta and d loss / d xi. A model none of whose masked layers has a bias (the
+        default exporter drops all-zero conv biases) never reads xi: its gradient is zero, not an
+        error."""
+        g_delta, g_xi = torch.autograd.grad(loss, [self.delta, self.xi], allow_unused=True)
+        return (torch.zeros_like(self.delta) if g_delta is None else g_delta,
+                torch.zeros_like(self.xi) if g_xi is None else g_xi)
+
     def signed_step(self, g_delta: torch.Tensor, g_xi: torch.Tensor, step: float, eps: float | None) -> None:
         """Ascend delta and xi by ``step`` along the gradients' signs, then project onto
         [-eps, eps] (ANP Alg. 1 lines 6-9; the probe's PGD steps); ``eps=None`` skips the

@@ -2,7 +2,9 @@
 
 A neuron is ``(node name, k)``: Conv output channel k (weight[k], bias[k]), Gemm/MatMul output
 unit k (weight row or column by ``transB``; a MatMul's bias is the 1-D initializer of the Add
-that follows it), BatchNormalization channel k (scale[k], B[k]). The inventory also records
+that follows it), BatchNormalization channel k (scale[k], B[k]), LayerNormalization channel k
+over the last axis and InstanceNormalization channel k (scale[k], B[k]: affine channels). The
+inventory also records
 which conv/linear layers are normalised by a BatchNorm that survived export (``bn``), channels
 tied together by residual Adds and Concats, and the classifier head.
 """
@@ -15,13 +17,14 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .load import node_names
+from .load import expand_functions, node_names
 
 # ops through which a channel index keeps its meaning (for tracing sources and couplings)
 _CHANNELWISE = {
     "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Sigmoid", "Tanh", "Clip", "HardSigmoid",
     "HardSwish", "Softplus", "Gelu", "Mish", "Identity", "Dropout", "MaxPool", "AveragePool",
-    "GlobalAveragePool", "GlobalMaxPool", "Cast", "Resize", "Upsample", "Pad",
+    "GlobalAveragePool", "GlobalMaxPool", "Cast", "Resize", "Upsample", "Pad", "Celu", "ThresholdedRelu",
+    "Shrink", "Softsign", "Erf",
 }
 
 
@@ -30,8 +33,8 @@ class Layer:
     """One weight-bearing node and the initializers its neurons own."""
 
     name: str  # unique node name (see load.node_names)
-    op: str  # Conv | Gemm | MatMul | BatchNormalization
-    kind: str  # conv | linear | bn
+    op: str  # Conv | Gemm | MatMul | BatchNormalization | LayerNormalization
+    kind: str  # conv | linear | bn | norm (LayerNorm's affine channels: scale[k], B[k])
     size: int  # number of neurons
     weight: str  # initializer: conv/linear weight, or BN scale
     weight_input: int  # its slot in the node's inputs
@@ -77,6 +80,9 @@ class Coupling:
 class NeuronInventory:
     layers: list[Layer]
     couplings: list[Coupling] = field(default_factory=list)
+    # Conv/Gemm/MatMul nodes whose weights the graph computes from constants (ConstantOfShape,
+    # Mul of a Constant, ...) instead of reading an initializer: not neurons a repair can write
+    computed: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         self._by_name = {l.name: l for l in self.layers}
@@ -133,12 +139,23 @@ class NeuronInventory:
             raise SpecError(f"no maskable layer named {', '.join(missing)} (layers: {', '.join(by_name)})")
         return [by_name[n] for n in names]
 
+    def no_units_reason(self, what: str) -> str:
+        """Why a defence finds nothing to mask: the sentence a refusal shows."""
+        msg = (f"the model has no neurons {what} can mask (no Conv, Gemm, MatMul or BatchNormalization "
+               "with initializer weights outside the classifier head)")
+        if self.computed:
+            more = len(self.computed) - 3
+            shown = ", ".join(self.computed[:3]) + (f" and {more} more" if more > 0 else "")
+            msg += (f"; {len(self.computed)} weight layers ({shown}) take weights the graph computes at run time "
+                    "(e.g. ConstantOfShape), which cannot be written back as neurons")
+        return msg
+
     def summary(self) -> dict:
         return {
             "layers": len(self.layers),
             "neurons": self.total,
             "batchnorm": self.batchnorm_state,
-            "by_kind": {k: sum(l.size for l in self.layers if l.kind == k) for k in ("conv", "linear", "bn")},
+            "by_kind": {k: sum(l.size for l in self.layers if l.kind == k) for k in ("conv", "linear", "bn", "norm")},
             "head": [l.name for l in self.layers if l.head],
             "couplings": len(self.couplings),
         }
@@ -226,6 +243,13 @@ def _weight_layer(ix: _GraphIndex, i: int) -> Layer | None:
                 if inp != node.output[0] and cand is not None and ix.dims(cand) == [n]:
                     b, bias_node, bias_input = cand, ix.names[nxt], j
         return Layer(name, op, "linear", n, w, slot, axis, b, bias_node, bias_input, weight_node=reader)
+    if op in ("LayerNormalization", "InstanceNormalization") and len(node.input) > 1:  # affine channels
+        s = ix.initializer(node.input[1])
+        axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+        if s is None or len(ix.dims(s)) != 1 or (op == "LayerNormalization" and axis != -1):
+            return None
+        b = ix.initializer(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        return Layer(name, op, "norm", ix.dims(s)[0], s, 1, 0, b, name if b else None, 2 if b else None)
     if op == "BatchNormalization":
         s = ix.initializer(node.input[1])
         if s is None:
@@ -257,8 +281,9 @@ def _source_layers(ix: _GraphIndex, tensor: str, by_node: dict[int, Layer], dept
 
 
 def build_inventory(model: onnx.ModelProto) -> NeuronInventory:
-    """Find every neuron of the graph, BN pairings, couplings and the classifier head."""
-    ix = _GraphIndex(model)
+    """Find every neuron of the graph (local functions inlined), BN pairings, couplings and the
+    classifier head."""
+    ix = _GraphIndex(expand_functions(model))
     by_node: dict[int, Layer] = {}
     for i in range(len(ix.graph.node)):
         layer = _weight_layer(ix, i)
@@ -303,7 +328,18 @@ def build_inventory(model: onnx.ModelProto) -> NeuronInventory:
                 off += size
             if layers:
                 couplings.append(Coupling("concat", ix.names[i], tuple(layers), tuple(offsets)))
-    return NeuronInventory([by_node[i] for i in sorted(by_node)], couplings)
+    return NeuronInventory([by_node[i] for i in sorted(by_node)], couplings, _computed_weights(ix, by_node))
+
+
+def _computed_weights(ix: _GraphIndex, by_node: dict[int, Layer]) -> list[str]:
+    """Weight-bearing nodes outside the inventory whose weight input is computed from constants only."""
+    static = set(ix.inits) | set(ix.consts)
+    for node in ix.graph.node:
+        if node.input and all(not n or n in static for n in node.input) or node.op_type == "Constant":
+            static.update(node.output)
+    return [ix.names[i] for i, node in enumerate(ix.graph.node)
+            if i not in by_node and node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1
+            and node.input[1] in static and ix.initializer(node.input[1]) is None]
 
 
 def _reaches_output(ix: _GraphIndex, start: int, by_node: dict[int, Layer]) -> bool:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ..errors import SpecError
 from ..options import Option
+from ..util import class_scores
 from .base import RepairContext, RepairResult, register_method
 from .finetune import BN_MODE, UNFOLD, WeightEdit, finetune
 
@@ -101,7 +102,7 @@ def run_nad(ctx: RepairContext, **opts) -> RepairResult:
         with torch.no_grad():
             captured["t"] = teacher.run(xb, capture=depths)
         captured["s"] = out
-        return out[ex.output_names[0]]
+        return class_scores(out[ex.output_names[0]])
 
     with WeightEdit(ctx) as edit:
         log = finetune(ctx, ctx.raw, y, lr=opts["lr"], iterations=opts["epochs"] * per_epoch, lr_steps=2 * per_epoch,

@@ -105,21 +105,19 @@ def _bn_check(ctx):
 @register("BatchNormalization", attrs=("epsilon", "momentum", "training_mode", "spatial"),
           check=_bn_check)
 def _bn(ctx, x):
+    """One fused kernel (F.batch_norm) in every mode: written out as elementwise ops it cost a BN
+    ResNet 1.7x the native module's forward. The stored statistics go in detached (no gradient
+    ever reaches them; in ``update`` mode the kernel moves them in place, as PyTorch's training
+    mode does: running = running * momentum + batch * (1 - momentum), the variance unbiased)."""
     inp, scale, bias, mean, var = x[:5]
-    shape = [1, -1] + [1] * (inp.dim() - 2)
     mode = ctx.attrs.get("_bn_mode", "running")  # set by OnnxExecutor.batchnorm_mode
-    if mode != "running":
-        dims = [0] + list(range(2, inp.dim()))
-        batch_mean, batch_var = inp.mean(dim=dims), inp.var(dim=dims, unbiased=False)
-        if mode == "update":
-            n = inp.numel() // max(inp.shape[1], 1)
-            momentum = float(ctx.attr("momentum", 0.9))
-            with torch.no_grad():  # the stored statistics, in place: they are the executor's tensors
-                mean.mul_(momentum).add_(batch_mean.detach(), alpha=1 - momentum)
-                var.mul_(momentum).add_(batch_var.detach() * (n / max(n - 1, 1)), alpha=1 - momentum)
-        mean, var = batch_mean, batch_var
-    inv = torch.rsqrt(var + ctx.attr("epsilon", 1e-5))
-    return (inp - mean.view(shape)) * (inv * scale).view(shape) + bias.view(shape)
+    eps = ctx.attr("epsilon", 1e-5)
+    if mode == "running":
+        return F.batch_norm(inp, mean.detach(), var.detach(), scale, bias, training=False, eps=eps)
+    if mode == "batch":
+        return F.batch_norm(inp, None, None, scale, bias, training=True, eps=eps)
+    momentum = 1.0 - float(ctx.attr("momentum", 0.9))  # ONNX's momentum weighs the old value
+    return F.batch_norm(inp, mean.detach(), var.detach(), scale, bias, training=True, momentum=momentum, eps=eps)
 
 
 @register("InstanceNormalization", attrs=("epsilon",))

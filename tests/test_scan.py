@@ -275,7 +275,7 @@ def test_scanning_a_folder_scans_every_onnx_file_and_fails_if_any_is_flagged(tmp
     export(HiddenBranch().eval(), (1, 28, 28), folder / "sub" / "b.onnx", "dynamo")
     res = CliRunner().invoke(main, ["scan", str(folder), "--detectors", "graph", "--json"])
     assert res.exit_code == 2, res.output + res.stderr  # an unreadable file is an error, after the others
-    assert "c.onnx: external data file 'plain.onnx.data' is missing" in res.stderr
+    assert "c.onnx: tensor '" in res.stderr and "external data file 'plain.onnx.data' is missing" in res.stderr
     out = json.loads(res.stdout)
     assert [o["verdict"] for o in out] == ["inconclusive", "backdoor suspected"]
     assert out[1]["model"].endswith("b.onnx")

@@ -254,5 +254,7 @@ def detect_probe(ctx: ScanContext, *, eps: str, probe_steps: int, mask_iteration
         findings.append(Finding("masks.near-zero", "info" if flagged is False else "medium",
                                 f"{below} of {masks.size} neurons get ANP masks below {mask_threshold}",
                                 {"neurons": [list(n) for n in lowest[:below]]}))
+    by_layer = {name: masks[lo:hi] for name, (lo, hi) in mod.offsets.items()}
     return Detection("anp-probe", score, suspect_share, flagged, target if flagged else None, findings, lowest,
-                     {"probe": points, "masks_below_threshold": below, "units": int(masks.size)})
+                     {"probe": points, "masks_below_threshold": below, "units": int(masks.size)},
+                     artifacts={"masks_by_layer": by_layer})

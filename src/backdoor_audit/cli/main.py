@@ -203,13 +203,17 @@ def validate(model, data, split, layout, mean, std, device, attack, limit, min_a
 @click.option("--param", "params", multiple=True, metavar="DETECTOR.KEY=VALUE",
               help="a detector option, e.g. --param neural-cleanse.steps=100 (repeatable)")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "html"]), default="text", show_default=True,
+              help="the report: console text, JSON, or one self-contained HTML page with the evidence's plots")
+@click.option("--output", type=click.Path(dir_okay=False), default=None,
+              help="write the report here (atomically) instead of to stdout; the console still gets the summary")
+@click.option("--json", "as_json", is_flag=True, help="short for --format json")
 @click.option("--save-triggers", type=click.Path(), default=None,
               help="write Neural Cleanse's reversed triggers (.npz) for `audit repair --method nc --param triggers=`")
 @click.option("--list", "list_detectors", is_flag=True, help="list the detectors with their options and data needs")
 @handle_errors
-def scan(model, data, split, layout, mean, std, device, n_clean, detectors, params, seed, as_json, save_triggers,
-         list_detectors):
+def scan(model, data, split, layout, mean, std, device, n_clean, detectors, params, seed, fmt, output, as_json,
+         save_triggers, list_detectors):
     """Is MODEL (a file, or every .onnx file under a folder) backdoored? Graph hazards and MM-BD
     without data; Neural Cleanse and ANP's probe too with --data. Exit 1 when a backdoor or a
     hazard is found."""
@@ -236,12 +240,14 @@ def scan(model, data, split, layout, mean, std, device, n_clean, detectors, para
     files = scan_targets(model)
     if save_triggers and len(files) > 1:
         raise click.UsageError("--save-triggers takes one model, not a folder")
-    reports, failed = [], 0
+    fmt = "json" if as_json else fmt
+    console = fmt == "text" or output is not None
+    reports, failed, text = [], 0, []
     for path in files:
         try:
             rep = scan_model(path, clean, detectors=names, options=options, device=device, layout=layout,
                              mean=floats(mean, "--mean"), std=floats(std, "--std"), seed=seed,
-                             progress=not as_json and sys.stderr.isatty())
+                             progress=console and sys.stderr.isatty())
         except AuditError as exc:
             if len(files) == 1:
                 raise
@@ -249,24 +255,37 @@ def scan(model, data, split, layout, mean, std, device, n_clean, detectors, para
             failed += 1
             continue
         reports.append(rep)
-        if not as_json:
-            _print_scan(rep)
+        text += _scan_lines(rep)
+        if console:
+            click.echo("\n".join(_scan_lines(rep)))
     if save_triggers:
         save_reversed_triggers(reports[0], save_triggers)
-    if as_json:
+    if fmt == "json":
         out = [r.to_dict() for r in reports]
-        click.echo(json.dumps(out[0] if not Path(model).is_dir() else out, indent=2, default=str))
+        doc = json.dumps(out[0] if not Path(model).is_dir() else out, indent=2, default=str) + "\n"
+    elif fmt == "html":
+        from ..audit.report_html import render_html
+
+        doc = render_html(reports, title=f"backdoor-audit scan of {model}")
+    else:
+        doc = "\n".join(text) + "\n"
+    if output is not None:
+        from ..util import atomic_write_bytes
+
+        atomic_write_bytes(output, doc.encode())
+        click.echo(f"wrote the {fmt} report to {output}")
+    elif fmt != "text":
+        click.echo(doc, nl=False)
     sys.exit(2 if failed else 1 if any(r.backdoor_found or r.hazard_found for r in reports) else 0)
 
 
-def _print_scan(rep) -> None:
+def _scan_lines(rep) -> list[str]:
     target = "" if rep.suspected_target is None else f", suspected target class {rep.suspected_target}"
-    click.echo(f"{rep.model}: {rep.verdict.upper()}{target}  ({rep.seconds:.1f} s)")
-    click.echo(f"  {'decided by ' + rep.decided_by + ': ' if rep.decided_by else ''}{rep.reason}")
-    for d in rep.detections:
-        click.echo(f"  {d.detector} ({d.seconds:.1f} s): {_detection_line(d)}")
-    for f in rep.findings:
-        click.echo(f"  [{f.severity}] {f.id}: {f.message}")
+    lines = [f"{rep.model}: {rep.verdict.upper()}{target}  ({rep.seconds:.1f} s)",
+             f"  {'decided by ' + rep.decided_by + ': ' if rep.decided_by else ''}{rep.reason}"]
+    lines += [f"  {d.detector} ({d.seconds:.1f} s): {_detection_line(d)}" for d in rep.detections]
+    lines += [f"  [{f.severity}] {f.id}: {f.message}" for f in rep.findings]
+    return lines
 
 
 def _detection_line(d) -> str:
@@ -377,7 +396,7 @@ def demo(out_dir, epochs, method):
     click.echo(f"audit demo: working in {out_dir}")
     res = run_demo(out_dir, epochs=epochs, method=method, progress=sys.stderr.isatty(),
                    step=lambda name: click.echo(f"- {name}"))
-    _print_scan(res.scan)
+    click.echo("\n".join(_scan_lines(res.scan)))
     _print_repair(res.repair, clean=True)
     click.echo("")
     click.echo(f"{'model':<10} {'ACC %':>8} {'ASR %':>8}   file")

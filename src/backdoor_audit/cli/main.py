@@ -255,9 +255,10 @@ def scan(model, data, split, layout, mean, std, device, n_clean, detectors, para
             failed += 1
             continue
         reports.append(rep)
-        text += _scan_lines(rep)
+        lines = _scan_lines(rep)
+        text += lines
         if console:
-            click.echo("\n".join(_scan_lines(rep)))
+            click.echo("\n".join(lines))
     if save_triggers:
         save_reversed_triggers(reports[0], save_triggers)
     if fmt == "json":

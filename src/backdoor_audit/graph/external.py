@@ -69,6 +69,7 @@ class ExternalProblem:
     problem: str
     severity: str  # critical: never read; high: cannot or should not be trusted as it is
     info: dict
+    readable: bool = True  # False: there is nothing to read (the file is missing)
 
 
 def external_problems(model: onnx.ModelProto, path: str | os.PathLike) -> list[ExternalProblem]:
@@ -83,8 +84,8 @@ def external_problems(model: onnx.ModelProto, path: str | os.PathLike) -> list[E
         info = {e.key: e.value for e in t.external_data}
         name = t.name or "(unnamed)"
 
-        def bad(problem: str, severity: str = "critical") -> None:
-            out.append(ExternalProblem(name, where, problem, severity, info))
+        def bad(problem: str, severity: str = "critical", readable: bool = True) -> None:
+            out.append(ExternalProblem(name, where, problem, severity, info, readable))
 
         unknown = sorted(set(info) - EXTERNAL_KEYS)
         if unknown:
@@ -106,7 +107,7 @@ def external_problems(model: onnx.ModelProto, path: str | os.PathLike) -> list[E
             bad(f"external data location '{loc}' passes through the symlink '{link.relative_to(base)}'")
             continue
         if not target.is_file():
-            bad(f"external data file '{loc}' is missing", "high")
+            bad(f"external data file '{loc}' is missing", "high", readable=False)
             continue
         st = target.stat()
         if st.st_nlink > 1:

@@ -32,7 +32,7 @@ def _check_external_paths(model: onnx.ModelProto, path: Path) -> None:
     that escapes the folder, is absolute or passes a symlink; a hard-linked file; an offset past
     the end) or that is missing: one line naming the tensor."""
     for p in external_problems(model, path):
-        if p.severity == "critical" or "missing" in p.problem:
+        if p.severity == "critical" or not p.readable:
             raise ModelError(f"{path}: tensor '{p.tensor}' ({p.where}): {p.problem}")
 
 

@@ -33,8 +33,8 @@ class Layer:
     """One weight-bearing node and the initializers its neurons own."""
 
     name: str  # unique node name (see load.node_names)
-    op: str  # Conv | Gemm | MatMul | BatchNormalization | LayerNormalization
-    kind: str  # conv | linear | bn | norm (LayerNorm's affine channels: scale[k], B[k])
+    op: str  # Conv | Gemm | MatMul | BatchNormalization | LayerNormalization | InstanceNormalization
+    kind: str  # conv | linear | bn | norm (Layer/InstanceNorm's affine channels: scale[k], B[k])
     size: int  # number of neurons
     weight: str  # initializer: conv/linear weight, or BN scale
     weight_input: int  # its slot in the node's inputs
@@ -141,8 +141,8 @@ class NeuronInventory:
 
     def no_units_reason(self, what: str) -> str:
         """Why a defence finds nothing to mask: the sentence a refusal shows."""
-        msg = (f"the model has no neurons {what} can mask (no Conv, Gemm, MatMul or BatchNormalization "
-               "with initializer weights outside the classifier head)")
+        msg = (f"the model has no neurons {what} can mask (no Conv, Gemm, MatMul, BatchNormalization or "
+               "Layer/InstanceNormalization with initializer weights outside the classifier head)")
         if self.computed:
             more = len(self.computed) - 3
             shown = ", ".join(self.computed[:3]) + (f" and {more} more" if more > 0 else "")

@@ -21,6 +21,7 @@ than run with old semantics.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -79,9 +80,11 @@ def register(*op_types: str, attrs: Iterable[str] = (), since: int = 1, until: i
     return deco
 
 
+@functools.lru_cache(maxsize=None)
 def schema_version(op_type: str, opset: int, domain: str = "") -> int | None:
     """The op's version (its schema's since_version) in a model of this opset, None if the ONNX
-    standard defines no such op there."""
+    standard defines no such op there. Cached: every node of every file asks, twice (its own
+    version and the end of the registration's range)."""
     try:
         return int(onnx.defs.get_schema(op_type, opset, domain).since_version)
     except Exception:  # onnx.defs.SchemaError: unknown op or opset

@@ -48,11 +48,11 @@ def _symmetric(pads: list[int]) -> bool:
     return pads[:n] == pads[n:]
 
 
-_CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
+CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
 _POOL_ATTRS = ("auto_pad", "ceil_mode", "kernel_shape", "pads", "strides")
 
 
-@register("Conv", attrs=_CONV_ATTRS)
+@register("Conv", attrs=CONV_ATTRS)
 def _conv(ctx, x):
     return convolve(ctx, x[0], x[1], x[2] if len(x) > 2 else None)
 

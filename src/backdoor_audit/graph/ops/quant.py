@@ -13,7 +13,7 @@ import torch
 
 from . import register
 from ._util import ONNX_DTYPES, norm_axis, onnx_type_name, opt as _opt
-from .nn import convolve
+from .nn import CONV_ATTRS, convolve
 from ...errors import UnsupportedOpError
 
 # ONNX integer types a quantized tensor may have -> (torch dtype, min, max)
@@ -129,9 +129,6 @@ def _channel(p: torch.Tensor, nd: int) -> torch.Tensor:
     return p.reshape([]) if p.numel() == 1 else p.reshape([1, -1] + [1] * nd)
 
 
-_QCONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
-
-
 def _int_conv(ctx, xc: torch.Tensor, wc: torch.Tensor) -> torch.Tensor:
     """A convolution of centered (zero point removed) float64 operands: exact integer sums; the
     padding is zero in this domain, i.e. the zero point in the quantized one."""
@@ -144,7 +141,7 @@ def _weight_zp(wzp, w):
     return wzp.reshape([-1] + [1] * (w.dim() - 1))
 
 
-@register("QLinearConv", attrs=_QCONV_ATTRS)
+@register("QLinearConv", attrs=CONV_ATTRS)
 def _qlinear_conv(ctx, x):
     xq, xs, xzp, w, ws, wzp, ys, yzp = x[:8]
     b = _opt(x, 8)
@@ -156,7 +153,7 @@ def _qlinear_conv(ctx, x):
     return _requantize(ctx, acc, scale, yzp, yzp.dtype if yzp is not None else torch.uint8)
 
 
-@register("ConvInteger", attrs=_QCONV_ATTRS)
+@register("ConvInteger", attrs=CONV_ATTRS)
 def _conv_integer(ctx, x):
     xq, w = x[0], x[1]
     xzp, wzp = _opt(x, 2), _opt(x, 3)

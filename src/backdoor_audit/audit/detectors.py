@@ -114,8 +114,10 @@ def detect_nc(ctx: ScanContext, *, steps: int, batch_size: int, init_cost: float
             f"{np.median(norms):.1f} (anomaly index {index[top]:.2f} > {anomaly})",
             {"classes": flagged, "mask_l1": float(norms[top])}))
     return Detection("neural-cleanse", float(index[top]), anomaly, bool(flagged), top if flagged else None,
-                     findings, evidence={"mask_l1": norms.round(3).tolist(), "anomaly_index": index.round(3).tolist(),
-                                         "reached": [t.reached for t in triggers]},
+                     findings, evidence={"top_class": top, "mask_l1": norms.round(3).tolist(),
+                                         "anomaly_index": index.round(3).tolist(),
+                                         "reached": [t.reached for t in triggers],
+                                         "l1_trace": [t.trace for t in triggers]},
                      artifacts={"triggers": triggers})
 
 
@@ -196,7 +198,7 @@ def detect_mmbd(ctx: ScanContext, *, images: int, steps: int, lr: float, p_value
                                 {"class": top, "margin": float(margins[top]), "p": p}))
     # the score is 1 - p, so that higher means more backdoor-like like every other detector's
     return Detection("mm-bd", 1.0 - p, 1.0 - p_value, flagged, top if flagged else None, findings,
-                     evidence={"margins": margins.round(3).tolist(), "p_value": p})
+                     evidence={"top_class": top, "margins": margins.round(3).tolist(), "p_value": p})
 
 
 # ------------------------------------------------------------- ANP's probe and masks, clean data
@@ -256,5 +258,6 @@ def detect_probe(ctx: ScanContext, *, eps: str, probe_steps: int, mask_iteration
                                 {"neurons": [list(n) for n in lowest[:below]]}))
     by_layer = {name: masks[lo:hi] for name, (lo, hi) in mod.offsets.items()}
     return Detection("anp-probe", score, suspect_share, flagged, target if flagged else None, findings, lowest,
-                     {"probe": points, "masks_below_threshold": below, "units": int(masks.size)},
+                     {"top_class": None if not usable else best.top_class, "probe": points,
+                      "masks_below_threshold": below, "units": int(masks.size)},
                      artifacts={"masks_by_layer": by_layer})

@@ -146,6 +146,20 @@ def external_data(model: onnx.ModelProto, path: str | os.PathLike) -> list[Findi
             for p in external_problems(model, path)]
 
 
+def checker_findings(model: onnx.ModelProto) -> list[Finding]:
+    """The ONNX checker's full check (with strict shape inference) as a finding, when it fails.
+    Files over protobuf's 2 GB limit cannot be checked in memory and are left to the loader."""
+    if model.ByteSize() >= 2**31 - 1:
+        return []
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        text = " ".join(str(exc).split())
+        return [Finding("graph.invalid", "medium", f"the ONNX checker rejects the graph: {text[:300]}",
+                        {"checker": text[:2000]})]
+    return []
+
+
 def graph_hazards(model: onnx.ModelProto) -> list[Finding]:
     """Every data-free graph finding of ``model``."""
-    return trigger_branches(model.graph) + operator_domains(model)
+    return checker_findings(model) + trigger_branches(model.graph) + operator_domains(model)

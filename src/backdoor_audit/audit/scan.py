@@ -32,6 +32,7 @@ from ..errors import DataError, SpecError
 from ..graph.load import load_model
 from ..graph.model import accuracy, open_model
 from ..inputs import blind_preprocess, fit_images
+from ..util import peak_rss_mb
 from .detectors import DETECTORS, Detection, ScanContext, run_detector
 from .hazards import Finding, external_data
 
@@ -52,6 +53,7 @@ class ScanReport:
     detections: list[Detection]
     seconds: float
     findings: list[Finding] = field(default_factory=list)
+    peak_rss_mb: float = float("nan")  # of the scanning process, at the end of the scan
 
     @property
     def backdoor_found(self) -> bool:
@@ -60,7 +62,13 @@ class ScanReport:
     @property
     def hazard_found(self) -> bool:
         """A critical or high finding about the file or graph itself (exit 1 with or without a verdict)."""
-        return any(f.id.startswith(("graph.", "file.")) and f.severity in ("critical", "high") for f in self.findings)
+        return self.hazard_at_least("high")
+
+    def hazard_at_least(self, severity: str) -> bool:
+        """A finding about the file or graph itself of ``severity`` or worse (the detectors' findings
+        count through the verdict, not on their own)."""
+        return any(f.id.startswith(("graph.", "file.")) and SEVERITIES.index(f.severity) >= SEVERITIES.index(severity)
+                   for f in self.findings)
 
     def detection(self, name: str) -> Detection | None:
         return next((d for d in self.detections if d.detector == name), None)
@@ -95,15 +103,32 @@ def save_reversed_triggers(report: ScanReport, path) -> None:
     save_triggers(path, nc.artifacts["triggers"])
 
 
+THRESHOLDS = "scan-thresholds.json"  # in the package's assets: the zoo calibration's fitted thresholds
+
+
+def calibrated_options() -> dict[str, dict]:
+    """The detector options the shipped calibration sets (``assets/scan-thresholds.json``, written
+    by `audit bench scan --write-thresholds`), e.g. ``{"neural-cleanse": {"anomaly": 2.6}}``; empty
+    when none is shipped."""
+    import json
+    from importlib import resources
+
+    path = resources.files("backdoor_audit").joinpath("assets", THRESHOLDS)
+    if not path.is_file():
+        return {}
+    doc = json.loads(path.read_text())
+    return {name: {d["option"]: d["value"]} for name, d in doc["detectors"].items()}
+
+
 def default_detectors(has_data: bool) -> tuple[str, ...]:
     return WITH_DATA if has_data else WITHOUT_DATA
 
 
 def scan_model(model_path, clean: ImageSet | None = None, *, detectors: tuple[str, ...] | None = None,
                options: dict[str, dict] | None = None, device=None, layout=None, mean=None, std=None, seed: int = 0,
-               progress: bool = False) -> ScanReport:
+               progress: bool = False, calibrated: bool = True) -> ScanReport:
     """Scan ``model_path`` with ``detectors`` (default: every one the data allows); ``options`` per
-    detector name."""
+    detector name, over the shipped calibration's thresholds (``calibrated``; else the papers')."""
     t0 = time.perf_counter()
     names = tuple(detectors or default_detectors(clean is not None))
     for name in names:
@@ -112,6 +137,8 @@ def scan_model(model_path, clean: ImageSet | None = None, *, detectors: tuple[st
     unknown = set(options) - set(names)
     if unknown:
         raise SpecError(f"options given for detectors that do not run: {', '.join(sorted(unknown))}")
+    base = calibrated_options() if calibrated else {}
+    options = {n: {**base.get(n, {}), **options.get(n, {})} for n in names if n in base or n in options}
     needs_data = [n for n in names if "none" not in DETECTORS.get(n).needs]
     if clean is not None:
         clean.require_labels("the scan", " (without --data it runs its data-free detectors)")
@@ -128,7 +155,7 @@ def scan_model(model_path, clean: ImageSet | None = None, *, detectors: tuple[st
             verdict, by = "inconclusive", None
             reason = f"unsafe external data ({len(unsafe)} tensor(s)): no weight was read, so none was judged"
         return ScanReport(str(model_path), verdict, target, by, reason, None, 0, results, time.perf_counter() - t0,
-                          _sorted(file_findings + [f for d in results for f in d.findings]))
+                          _sorted(file_findings + [f for d in results for f in d.findings]), peak_rss_mb())
     model = open_model(model_path, device) if any(n != "graph" for n in names) else None  # read once
     ctx = ScanContext(str(model_path), model.proto if model else load_model(model_path), model=model, seed=seed,
                       progress=progress)
@@ -151,7 +178,7 @@ def scan_model(model_path, clean: ImageSet | None = None, *, detectors: tuple[st
     verdict, target, by, reason = decide(results)
     findings = _sorted(file_findings + [f for d in results for f in d.findings])
     return ScanReport(str(model_path), verdict, target, by, reason, acc, 0 if clean is None else len(clean),
-                      results, time.perf_counter() - t0, findings)
+                      results, time.perf_counter() - t0, findings, peak_rss_mb())
 
 
 def _sorted(findings: list[Finding]) -> list[Finding]:

@@ -54,6 +54,7 @@ class ReversedTrigger:
     l1: float  # sum of the mask
     success: float  # share of clean images the trigger sends to ``target`` (last check)
     reached: bool  # the success rate was reached at least once
+    trace: list[float] | None = None  # at every check (``period`` steps): the L1 the run would return if stopped there
 
     def stamp(self, raw: torch.Tensor) -> torch.Tensor:
         """Pixels with this trigger applied."""
@@ -77,6 +78,7 @@ def reverse_trigger(executor: OnnxExecutor, raw: torch.Tensor, preprocess: Calla
     cost, up, down = init_cost, 0, 0
     best = None
     hits = seen = 0
+    trace = []
     executor.requires_grad_weights(False)
     for step in range(steps):
         idx = next(feed).to(dev)
@@ -106,12 +108,14 @@ def reverse_trigger(executor: OnnxExecutor, raw: torch.Tensor, preprocess: Calla
             elif down >= patience:
                 cost, down = cost / 1.5 ** 1.5, 0
             last_rate = rate
+            trace.append(round(best[2] if best is not None else float(l1.detach()), 3))
     if best is not None:
         m, p, l1v, rate = best
-        return ReversedTrigger(target, m[0, 0].cpu().numpy(), p[0].cpu().numpy(), l1v, rate, True)
+        return ReversedTrigger(target, m[0, 0].cpu().numpy(), p[0].cpu().numpy(), l1v, rate, True, trace)
     m = ((torch.tanh(mask_raw) + 1) / 2).detach()
     p = ((torch.tanh(pat_raw) + 1) / 2).detach()
-    return ReversedTrigger(target, m[0, 0].cpu().numpy(), p[0].cpu().numpy(), float(m.sum()), last_rate, False)
+    return ReversedTrigger(target, m[0, 0].cpu().numpy(), p[0].cpu().numpy(), float(m.sum()), last_rate, False,
+                           trace)
 
 
 def reverse_all(executor: OnnxExecutor, raw: torch.Tensor, preprocess: Callable[[torch.Tensor], torch.Tensor],

@@ -203,17 +203,24 @@ def validate(model, data, split, layout, mean, std, device, attack, limit, min_a
 @click.option("--param", "params", multiple=True, metavar="DETECTOR.KEY=VALUE",
               help="a detector option, e.g. --param neural-cleanse.steps=100 (repeatable)")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "html"]), default="text", show_default=True,
-              help="the report: console text, JSON, or one self-contained HTML page with the evidence's plots")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "sarif", "html"]), default="text",
+              show_default=True, help="the report: console text, JSON, SARIF 2.1.0 (code-scanning upload), or one "
+              "self-contained HTML page with the evidence's plots")
 @click.option("--output", type=click.Path(dir_okay=False), default=None,
               help="write the report here (atomically) instead of to stdout; the console still gets the summary")
 @click.option("--json", "as_json", is_flag=True, help="short for --format json")
 @click.option("--save-triggers", type=click.Path(), default=None,
               help="write Neural Cleanse's reversed triggers (.npz) for `audit repair --method nc --param triggers=`")
+@click.option("--thresholds", type=click.Choice(["calibrated", "paper"]), default="calibrated", show_default=True,
+              help="detector thresholds: fitted on the zoo's calibration split (docs/scan.md), or the papers' "
+                   "defaults; a --param of a threshold overrides either")
+@click.option("--fail-on", type=click.Choice(["critical", "high", "medium", "low", "info"]), default="high",
+              show_default=True,
+              help="exit 1 for a file or graph finding of this severity or worse (a backdoor verdict always exits 1)")
 @click.option("--list", "list_detectors", is_flag=True, help="list the detectors with their options and data needs")
 @handle_errors
 def scan(model, data, split, layout, mean, std, device, n_clean, detectors, params, seed, fmt, output, as_json,
-         save_triggers, list_detectors):
+         save_triggers, thresholds, fail_on, list_detectors):
     """Is MODEL (a file, or every .onnx file under a folder) backdoored? Graph hazards and MM-BD
     without data; Neural Cleanse and ANP's probe too with --data. Exit 1 when a backdoor or a
     hazard is found."""
@@ -247,7 +254,7 @@ def scan(model, data, split, layout, mean, std, device, n_clean, detectors, para
         try:
             rep = scan_model(path, clean, detectors=names, options=options, device=device, layout=layout,
                              mean=floats(mean, "--mean"), std=floats(std, "--std"), seed=seed,
-                             progress=console and sys.stderr.isatty())
+                             progress=console and sys.stderr.isatty(), calibrated=thresholds == "calibrated")
         except AuditError as exc:
             if len(files) == 1:
                 raise
@@ -264,6 +271,10 @@ def scan(model, data, split, layout, mean, std, device, n_clean, detectors, para
     if fmt == "json":
         out = [r.to_dict() for r in reports]
         doc = json.dumps(out[0] if not Path(model).is_dir() else out, indent=2, default=str) + "\n"
+    elif fmt == "sarif":
+        from ..audit.report_sarif import render_sarif
+
+        doc = render_sarif(reports, command=" ".join(sys.argv))
     elif fmt == "html":
         from ..audit.report_html import render_html
 
@@ -277,7 +288,7 @@ def scan(model, data, split, layout, mean, std, device, n_clean, detectors, para
         click.echo(f"wrote the {fmt} report to {output}")
     elif fmt != "text":
         click.echo(doc, nl=False)
-    sys.exit(2 if failed else 1 if any(r.backdoor_found or r.hazard_found for r in reports) else 0)
+    sys.exit(2 if failed else 1 if any(r.backdoor_found or r.hazard_at_least(fail_on) for r in reports) else 0)
 
 
 def _scan_lines(rep) -> list[str]:

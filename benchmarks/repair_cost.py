@@ -42,7 +42,7 @@ for _ in range(6):
         p.grad = None
     F.cross_entropy(ex(x), y).backward()
     times.append(time.perf_counter() - t)
-print(json.dumps({"step_s": statistics.median(times[1:]), "peak_mb": peak_rss_mb()}))
+print(json.dumps({"step_s": statistics.median(times[1:]), "peak_mb": peak_rss_mb(), "device": str(ex.device)}))
 """
 
 
@@ -69,7 +69,7 @@ def measure(path: Path, clean: Path, tmp: Path) -> dict:
     a40 = repair(path, clean, out, "--method", "anp", "--param", "iterations=40")
     default = repair(path, clean, out)
     it = (a40["seconds"] - a10["seconds"]) / 30
-    return {"file": path.name, "step ms": round(step["step_s"] * 1e3, 1),
+    return {"file": path.name, "device": step["device"], "step ms": round(step["step_s"] * 1e3, 1),
             "ANP iteration ms": round(it * 1e3, 1), "ANP iteration / step": round(it / step["step_s"], 2),
             "ANP default (2000 it.) in steps": round(2000 * it / step["step_s"]),
             "default repair s": round(default["seconds"], 1),

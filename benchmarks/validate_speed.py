@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=Path("zoo/cifar10/badnets-t0-s0.onnx"))
     ap.add_argument("--images", type=int, default=10000)
     ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--out", type=Path, default=Path("docs/performance-validate.json"))
     args = ap.parse_args()
     rows = {}
     with tempfile.TemporaryDirectory() as cache:
@@ -76,7 +77,7 @@ def main() -> None:
     print("| measure | value |\n|---|---|")
     for k, v in rows.items():
         print(f"| {k} | {v:.2f} |" if isinstance(v, float) else f"| {k} | {v} |")
-    Path("docs/performance-validate.json").write_text(json.dumps(rows, indent=1))
+    args.out.write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

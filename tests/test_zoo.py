@@ -101,6 +101,14 @@ params = {{ pattern = "random" }}
     assert _changed(refool, row)
 
 
+def test_config_clean_seeds_name_the_clean_models_instead_of_a_count(tiny_data):
+    text = CONFIG.replace("clean_models = 2", "clean_seeds = [3, 7]")
+    ids = [e.id for e in load_config(_write(tiny_data, text=text)) if e.attack is None]
+    assert ids == ["tiny/clean-s3", "tiny/clean-s7"]
+    with pytest.raises(SpecError, match="clean_models .* or clean_seeds, not both"):
+        load_config(_write(tiny_data, "clean_seeds = [1]"))
+
+
 @pytest.mark.parametrize("extra, message", [
     ("colour = 1", "unknown key\\(s\\) colour"),
     ("exporter = 'tf'", "exporter must be dynamo or legacy"),

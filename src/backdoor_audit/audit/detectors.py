@@ -261,3 +261,50 @@ def detect_probe(ctx: ScanContext, *, eps: str, probe_steps: int, mask_iteration
                      {"top_class": None if not usable else best.top_class, "probe": points,
                       "masks_below_threshold": below, "units": int(masks.size)},
                      artifacts={"masks_by_layer": by_layer})
+
+
+# --------------------------------------------------------- BatchNorm statistics, clean data
+BNKL_OPTIONS = [
+    Option("outlier", float, 3.5, "flag when some BN channel's KL divergence has a robust z-score (median and "
+           "MAD of its layer) above this", "Iglewicz & Hoaglin's modified z-score rule (3.5)", minimum=0),
+    Option("top", int, 10, "highest-divergence channels reported", minimum=1),
+]
+
+
+def robust_z(values: np.ndarray) -> np.ndarray:
+    """(value - median) / (1.4826 * MAD): how far each value sits above its population."""
+    med = np.median(values)
+    return (values - med) / max(1.4826 * float(np.median(np.abs(values - med))), 1e-12)
+
+
+@register_detector("bn-kl", summary="how far each BatchNorm channel's clean statistics sit from the stored "
+                   "(training) ones: a backdoor neuron's training population mixed poisoned inputs in; the most "
+                   "outlying channel scores the model", source="Zheng et al., NeurIPS 2022 (EP/BNP), as a detector",
+                   needs="unlabeled", options=BNKL_OPTIONS)
+def detect_bn_kl(ctx: ScanContext, *, outlier: float, top: int) -> Detection:
+    from ..graph.bnstats import bn_divergences
+
+    kls = bn_divergences(ctx.model.executor, ctx.model.inventory, ctx.x)
+    if not kls:
+        return Detection("bn-kl", None, outlier, None, evidence={
+            "reason": "no BatchNormalization statistics in the file (folded at export, or never there)"})
+    per_layer, ranked = {}, []
+    for name, kl in kls.items():
+        z = robust_z(kl)
+        per_layer[name] = {"channels": int(kl.size), "max_kl": round(float(kl.max()), 4),
+                           "median_kl": round(float(np.median(kl)), 4), "max_z": round(float(z.max()), 3),
+                           "above_mean_3std": int((kl > kl.mean() + 3 * kl.std(ddof=1)).sum()) if kl.size > 1 else 0}
+        ranked += [(name, int(i), float(z[i])) for i in np.argsort(-z)[:top]]
+    ranked.sort(key=lambda t: -t[2])
+    score = ranked[0][2]
+    flagged = score > outlier
+    findings = []
+    if flagged:
+        name, i, z = ranked[0]
+        findings.append(Finding("bnkl.outlier-channel", "medium",
+                                f"BatchNorm {name} channel {i}: its clean statistics diverge from the stored ones "
+                                f"{z:.1f} robust deviations beyond its layer's (> {outlier})",
+                                {"layer": name, "channel": i, "z": round(z, 3)}))
+    return Detection("bn-kl", score, outlier, flagged, None, findings,
+                     [(n, i, round(z, 3)) for n, i, z in ranked[:top]],
+                     evidence={"layers": per_layer, "images": int(len(ctx.x))})

@@ -36,12 +36,16 @@ RULES = {
                             "(MM-BD): a backdoor target, found without data."),
     "probe.collapse": ("PerturbationCollapse", "Under small neuron perturbations the clean errors collapse onto "
                        "one class (ANP's probe)."),
+    "bnkl.outlier-channel": ("BatchNormStatisticsOutlier", "A BatchNorm channel's clean statistics diverge far "
+                             "from its stored (training) ones, as a backdoor neuron's do (EP/BNP)."),
     "masks.near-zero": ("NearZeroAnpMasks", "ANP's mask optimisation drives some neurons' masks to near zero."),
 }
 
 
 def _subject(evidence: dict) -> str:
     """What a finding is about, for its fingerprint: a node, tensor, domain or class."""
+    if "layer" in evidence:
+        return f"layer={evidence['layer']}[{evidence.get('channel')}]"
     for key in ("node", "tensor", "domain", "class", "target"):
         if key in evidence:
             return f"{key}={evidence[key]}"

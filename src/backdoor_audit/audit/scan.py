@@ -37,7 +37,7 @@ from .detectors import DETECTORS, Detection, ScanContext, run_detector
 from .hazards import Finding, external_data
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
-WITH_DATA = ("graph", "mm-bd", "neural-cleanse", "anp-probe")
+WITH_DATA = ("graph", "mm-bd", "neural-cleanse", "anp-probe", "bn-kl")
 WITHOUT_DATA = ("graph", "mm-bd")
 
 

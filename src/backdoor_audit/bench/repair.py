@@ -41,6 +41,7 @@ from ..options import parse_assignments
 from ..repair import METHODS
 from ..util import atomic_write_bytes, first_line, sha256_file
 from ..zoo import load_config, read_manifest
+from .results import append_result, fmt, read_results
 
 RESULTS = "repair-results.jsonl"
 FOLD_TOL = 1e-3  # max abs logit difference a folded copy may have from its source
@@ -160,17 +161,6 @@ def _repair_process(job: Job, clean: Path, n_clean: int, out: Path) -> tuple[dic
     return json.loads(proc.stdout), wall
 
 
-def read_results(results: Path) -> dict[str, dict]:
-    """Every row of a results file by job key (a later line for the same key wins)."""
-    done = {}
-    if results.is_file():
-        for line in results.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                done[row["key"]] = row
-    return done
-
-
 def run_bench(zoo_dir, jobs: list[Job], results: Path, *, n_clean: int = 500, config=None, cache_dir=None,
               on_event: Callable[[str, Job, dict | None], None] | None = None) -> list[dict]:
     """Run every job not yet in ``results`` (JSON lines, appended as each finishes); return all rows
@@ -217,18 +207,13 @@ def run_bench(zoo_dir, jobs: list[Job], results: Path, *, n_clean: int = 500, co
             row.update(status="failed", error=first_line(exc))
         finally:
             out.unlink(missing_ok=True)
-        with open(results, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row, sort_keys=True) + "\n")
+        append_result(results, row)
         rows.append(row)
         say("done", job, row)
     return rows
 
 
 # ------------------------------------------------------------------------------------ the tables
-def _f(v, digits=2) -> str:
-    return "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{digits}f}"
-
-
 def markdown(rows: list[dict]) -> str:
     """Per-model rows, then means per (set, variant, method) over the all-to-one dirty-label models."""
     lines = ["| model | file | method | ACC before | ACC after | ASR before | ASR after | pruned | re-trained | "
@@ -237,9 +222,9 @@ def markdown(rows: list[dict]) -> str:
         if r["status"] != "ok":
             lines.append(f"| {r['model']} | {r['variant']} | {r['method']} | failed: {r['error']} |||||||||")
             continue
-        lines.append(f"| {r['model']} | {r['variant']} | {r['method']} | {_f(r['before']['acc'])} | "
-                     f"{_f(r['after']['acc'])} | {_f(r['before']['asr'])} | {_f(r['after']['asr'])} | "
-                     f"{r['pruned']} | {r['rewritten']} | {r['wall']:.0f} | {_f(r['peak_mb'], 0)} |")
+        lines.append(f"| {r['model']} | {r['variant']} | {r['method']} | {fmt(r['before']['acc'])} | "
+                     f"{fmt(r['after']['acc'])} | {fmt(r['before']['asr'])} | {fmt(r['after']['asr'])} | "
+                     f"{r['pruned']} | {r['rewritten']} | {r['wall']:.0f} | {fmt(r['peak_mb'], 0)} |")
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         if r["status"] == "ok" and r["mode"] == "all-to-one" and r["attack"] not in ("sig", "clb", "refool"):

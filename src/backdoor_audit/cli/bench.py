@@ -38,7 +38,8 @@ def repair(zoo_dir, config, methods, n_clean, only, folded, folded_only, params,
     """Run repair methods on every zoo model (and its folded copy), resumably; write the tables."""
     import json
 
-    from ..bench.repair import markdown, method_variants, plan, read_results, run_bench
+    from ..bench.repair import markdown, method_variants, plan, run_bench
+    from ..bench.results import read_results
     from ..errors import SpecError
     from ..options import parse_assignments
     from ..repair import METHODS
@@ -85,3 +86,70 @@ def repair(zoo_dir, config, methods, n_clean, only, folded, folded_only, params,
 
 def _pct(v) -> str:
     return "-" if v is None else f"{v:.2f}"
+
+
+@bench.command("scan")
+@click.option("--zoo", "zoo_dirs", type=click.Path(file_okay=False), multiple=True,
+              help="a zoo folder (repeatable: the committed zoo and the calibration zoo) [zoo]")
+@click.option("--clean", "n_clean", type=int, default=500, show_default=True, help="defender images per scan")
+@click.option("--no-data", is_flag=True, help="scan without data (the data-free detectors only)")
+@click.option("--only", multiple=True, help="zoo ids matching this glob, e.g. 'mnist/*' (repeatable)")
+@click.option("--folded/--no-folded", default=True, show_default=True,
+              help="also scan a BN-folded copy of every model that keeps BatchNorm")
+@click.option("--detectors", default=None, help="comma-separated detectors [audit scan's default]")
+@click.option("--param", "params", multiple=True, metavar="DETECTOR.KEY=VALUE",
+              help="a detector option for every scan (repeatable)")
+@click.option("--results", type=click.Path(), default="docs/bench-scan.jsonl", show_default=True,
+              help="one JSON line per finished scan; a rerun skips what it holds")
+@click.option("--out", type=click.Path(), default="docs/bench-scan.md", show_default=True,
+              help="the Markdown tables (the rows and the calibration as JSON beside it)")
+@click.option("--write-thresholds", type=click.Path(dir_okay=False), default=None,
+              help="write the thresholds fitted on the calibration split here, for `audit scan` to ship "
+                   "(src/backdoor_audit/assets/scan-thresholds.json)")
+@click.option("--plan", "plan_only", is_flag=True, help="list the scans and stop")
+@handle_errors
+def scan(zoo_dirs, n_clean, no_data, only, folded, detectors, params, results, out, write_thresholds, plan_only):
+    """Scan every zoo model (and its folded copy), resumably; fit the detectors' thresholds on one
+    split of the models and report them on the other."""
+    import json
+
+    from ..bench.results import read_results
+    from ..bench.scan import SCORED, markdown, plan_scans, run_scans
+    from ..bench.calibration import assign_splits, calibrate, thresholds_doc
+    from ..util import atomic_write_bytes
+
+    jobs = plan_scans([Path(z) for z in zoo_dirs or ["zoo"]], list(only), folded)
+    if plan_only:
+        for j in jobs:
+            click.echo(f"{j.model_id:32s} {j.variant}")
+        click.echo(f"{len(jobs)} scans")
+        return
+
+    def show(kind, job, row):
+        if kind == "start":
+            click.echo(f"  {job.model_id} ({job.variant}) ...", nl=False)
+        elif kind == "done":
+            ok = row["status"] == "ok"
+            click.echo(f" {row['verdict']}, {row['wall']:.0f} s" if ok else f" failed: {row['error']}")
+
+    rows = run_scans(jobs, Path(results), n_clean=n_clean, data=not no_data, detectors=detectors,
+                     options=list(params), on_event=show)
+    every = [r for r in read_results(Path(results)).values() if r["status"] == "ok"]
+    atomic_write_bytes(out, markdown(every).encode())
+    fits = calibrate(every, [d for d in SCORED if any(d in r["detectors"] for r in every)])
+    atomic_write_bytes(Path(out).with_suffix(".json"), json.dumps(
+        {"rows": every, "calibration": [f.to_dict() for f in fits]}, indent=1, sort_keys=True).encode())
+    if write_thresholds:
+        import sys
+
+        split = assign_splits(every)
+        cal = sorted(r["model"] + ("" if r["variant"] == "as built" else " (folded)") for r in every
+                     if split[r["model"]] == "calibration")
+        previous = json.loads(Path(write_thresholds).read_text()) if Path(write_thresholds).is_file() else None
+        doc = thresholds_doc(fits, fitted_on=f"{len(cal)} zoo scans of the calibration split "
+                             f"({n_clean} clean images each): {', '.join(cal)}",
+                             command="audit " + " ".join(sys.argv[1:]), previous=previous)
+        atomic_write_bytes(write_thresholds, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
+        click.echo(f"wrote the fitted thresholds to {write_thresholds}")
+    ok = sum(r["status"] == "ok" for r in rows)
+    click.echo(f"{ok} of {len(rows)} scans ok; wrote {out} and {Path(out).with_suffix('.json')} ({len(every)} rows)")

@@ -198,8 +198,8 @@ def validate(model, data, split, layout, mean, std, device, attack, limit, min_a
 @data_options(required=False)
 @click.option("--n-clean", type=int, default=None, help="use this many clean images (seeded sample)")
 @click.option("--detectors", default=None,
-              help="comma-separated detectors (see --list); default: graph, mm-bd, neural-cleanse and anp-probe "
-                   "with --data, graph and mm-bd without")
+              help="comma-separated detectors (see --list); default: graph, mm-bd, neural-cleanse, anp-probe and "
+                   "bn-kl with --data, graph and mm-bd without")
 @click.option("--param", "params", multiple=True, metavar="DETECTOR.KEY=VALUE",
               help="a detector option, e.g. --param neural-cleanse.steps=100 (repeatable)")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -311,6 +311,12 @@ def _detection_line(d) -> str:
         pts = ", ".join(f"eps {p.eps:.2f}: {p.error_rate:.0%} errors, {p.top_share:.0%} to class {p.top_class}"
                         for p in d.evidence["probe"])
         return f"{pts}; {d.evidence['masks_below_threshold']} of {d.evidence['units']} masks below threshold"
+    if d.detector == "bn-kl":
+        if d.score is None:
+            return d.evidence["reason"]
+        layer, channel, z = d.neurons[0]
+        return (f"most outlying BN channel {layer}[{channel}], robust z {z:.1f} (flag > {d.threshold}; "
+                f"{len(d.evidence['layers'])} BN layers)")
     return f"score {d.score}"
 
 

@@ -6,6 +6,7 @@ name = "mnist"                           # models go to OUT/mnist/
 data = "../../shared/data/mnist.npz"     # relative to this file (or absolute)
 arch = "mnist-cnn"
 clean_models = 3                         # clean models, training seeds 0, 1, 2
+clean_seeds = [3, 4]                     # or: clean models of these training seeds
 clean_holdout = 500                      # defender images kept out of training (written once per set)
 train = { epochs = 10, lr = 0.01 }       # TrainSettings fields
 
@@ -33,7 +34,8 @@ from ..attacks.spec import MODES
 from ..training.train import TrainSettings
 from ..errors import SpecError
 
-SET_KEYS = {"name", "data", "arch", "clean_models", "clean_holdout", "train", "attack", "exporter", "keep_batchnorm"}
+SET_KEYS = {"name", "data", "arch", "clean_models", "clean_seeds", "clean_holdout", "train", "attack", "exporter",
+            "keep_batchnorm"}
 ATTACK_KEYS = {"attack", "modes", "targets", "seeds", "rate", "params", "train", "arch", "name"}
 TRAIN_FIELDS = {f.name for f in fields(TrainSettings)} - {"device", "progress", "checkpoint"}
 
@@ -101,7 +103,12 @@ def _expand_set(s: dict[str, Any], p: Path, i: int) -> list[ZooEntry]:
     common = dict(set=s["name"], data=data, clean_holdout=_int(s.get("clean_holdout", 500), "clean_holdout", where),
                   dynamo=exporter == "dynamo", keep_batchnorm=bool(s.get("keep_batchnorm", False)))
     out = []
-    for seed in range(_int(s.get("clean_models", 0), "clean_models", where)):
+    if "clean_models" in s and "clean_seeds" in s:
+        raise SpecError(f"{where}: give clean_models (seeds 0, 1, ...) or clean_seeds, not both")
+    seeds = s.get("clean_seeds", range(_int(s.get("clean_models", 0), "clean_models", where)))
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in seeds):
+        raise SpecError(f"{where}: clean_seeds must be a list of non-negative integers")
+    for seed in seeds:
         out.append(ZooEntry(id=f"{s['name']}/clean-s{seed}", arch=s["arch"], attack=None, mode=None, target=None,
                             rate=None, train={**base_train, "seed": seed}, **common))
     for a in s.get("attack", []):

@@ -1,0 +1,174 @@
+"""Calibrating the scan's detectors on a zoo: thresholds fitted on one split of the models, judged
+on the other.
+
+Each row is one scanned model (``bench.scan``): whether it is backdoored and its target (known to
+the benchmark, never to a detector), and per detector the score and the class it points at. The
+split is fixed by rule, not drawn: within each (dataset, clean or backdoored) group the models are
+sorted by id and alternate between the calibration split and the held-out one, so both splits get
+clean models and every kind of attack. A threshold is the midpoint between two calibration scores
+that maximises TPR - FPR (Youden's J); ties go to the lower false-positive rate, then to the higher
+threshold. The held-out split then gives the AUROC (threshold-free), the TPR and FPR at the fitted
+threshold, and how often the detector's top class is the target.
+
+All-to-one backdoored models are the positives; all-to-all models have no single target and are
+reported apart (how many the threshold flags).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+SPLITS = ("calibration", "held-out")
+
+
+def auroc(pos, neg) -> float | None:
+    """Area under the ROC curve: the chance that a positive scores above a negative (ties count
+    half); None when either side is empty."""
+    pos, neg = np.asarray(pos, dtype=float), np.asarray(neg, dtype=float)
+    if not len(pos) or not len(neg):
+        return None
+    greater = (pos[:, None] > neg[None, :]).sum()
+    ties = (pos[:, None] == neg[None, :]).sum()
+    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
+
+
+def fit_threshold(pos, neg) -> float | None:
+    """The threshold (flag when score > threshold) with the largest TPR - FPR on these scores; ties
+    to the lower FPR, then the higher threshold. None without both classes."""
+    pos, neg = np.asarray(pos, dtype=float), np.asarray(neg, dtype=float)
+    if not len(pos) or not len(neg):
+        return None
+    values = np.unique(np.concatenate([pos, neg]))
+    cuts = np.concatenate([[values[0] - 1.0], (values[:-1] + values[1:]) / 2, [values[-1] + 1.0]])
+    best = None
+    for c in cuts:
+        tpr, fpr = float((pos > c).mean()), float((neg > c).mean())
+        key = (round(tpr - fpr, 9), -fpr, c)  # rounded: 1 - 1/3 and 2/3 are the same J
+        if best is None or key > best[0]:
+            best = (key, c)
+    return float(best[1])
+
+
+def assign_splits(rows: list[dict]) -> dict[str, str]:
+    """Model id -> "calibration" | "held-out": alternating by sorted id within each (set, clean or
+    backdoored) group."""
+    groups: dict[tuple, list[str]] = {}
+    for r in rows:
+        groups.setdefault((r["set"], r["attack"] == "clean"), []).append(r["model"])
+    out = {}
+    for ids in groups.values():
+        for i, m in enumerate(sorted(set(ids))):
+            out[m] = SPLITS[i % 2]
+    return out
+
+
+@dataclass
+class DetectorFit:
+    detector: str
+    scope: str  # a dataset name, or "all"
+    threshold: float | None
+    paper_threshold: float | None
+    calibration: dict  # n_clean, n_backdoored, auroc
+    held_out: dict  # n_clean, n_backdoored, auroc, tpr, fpr, target_right, all_to_all_flagged
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _scores(rows, detector):
+    pos = [r for r in rows if r["mode"] == "all-to-one" and detector in r["detectors"]]
+    neg = [r for r in rows if r["attack"] == "clean" and detector in r["detectors"]]
+    a2a = [r for r in rows if r["mode"] == "all-to-all" and detector in r["detectors"]]
+    s = lambda rs: [r["detectors"][detector]["score"] for r in rs if r["detectors"][detector]["score"] is not None]  # noqa: E731
+    return pos, neg, a2a, s
+
+
+def fit_detector(rows: list[dict], detector: str, scope: str = "all") -> DetectorFit:
+    """Fit ``detector``'s threshold on the calibration split of ``rows`` and judge it on the other."""
+    split = assign_splits(rows)
+    cal = [r for r in rows if split[r["model"]] == "calibration"]
+    held = [r for r in rows if split[r["model"]] == "held-out"]
+    pos, neg, _, s = _scores(cal, detector)
+    threshold = fit_threshold(s(pos), s(neg))
+    paper = next((r["detectors"][detector]["threshold"] for r in rows if detector in r["detectors"]), None)
+    calibration = {"n_clean": len(neg), "n_backdoored": len(pos), "auroc": auroc(s(pos), s(neg))}
+    hp, hn, ha, s = _scores(held, detector)
+    out = {"n_clean": len(hn), "n_backdoored": len(hp), "auroc": auroc(s(hp), s(hn))}
+    if threshold is not None:
+        out["tpr"] = float(np.mean([v > threshold for v in s(hp)])) if hp else None
+        out["fpr"] = float(np.mean([v > threshold for v in s(hn)])) if hn else None
+        out["all_to_all_flagged"] = f"{sum(v > threshold for v in s(ha))} of {len(ha)}"
+    right = [r["detectors"][detector].get("top_class") == r["target"] for r in hp]
+    out["target_right"] = float(np.mean(right)) if right else None
+    return DetectorFit(detector, scope, threshold, paper, calibration, out)
+
+
+def calibrate(rows: list[dict], detectors: list[str]) -> list[DetectorFit]:
+    """Per detector: a fit over every dataset's models, then one per dataset."""
+    fits = []
+    sets = sorted({r["set"] for r in rows})
+    for d in detectors:
+        fits.append(fit_detector(rows, d))
+        if len(sets) > 1:
+            fits += [fit_detector([r for r in rows if r["set"] == name], d, name) for name in sets]
+    return fits
+
+
+def nc_stopped_at(row: dict, check: int) -> tuple[float, int] | None:
+    """Neural Cleanse's score (largest anomaly index) and top class had its run stopped at its
+    ``check``-th check (``period`` steps each), from the per-class L1 traces the scan recorded; the
+    run is deterministic, so this is what the shorter run returns. None without traces."""
+    from ..audit.trigger import anomaly_index
+
+    ev = row["detectors"].get("neural-cleanse", {}).get("evidence", {})
+    traces = ev.get("l1_trace")
+    if not traces or any(t is None for t in traces):
+        return None
+    norms = np.array([t[min(check, len(t) - 1)] for t in traces])
+    index = anomaly_index(norms)
+    return float(index.max()), int(index.argmax())
+
+
+def nc_step_curve(rows: list[dict], checks: list[int]) -> list[dict]:
+    """Per number of checks: NC's AUROC on the calibration and the held-out split, and how often
+    the top class is the target on the held-out one, had every run stopped there."""
+    split = assign_splits(rows)
+    out = []
+    for c in checks:
+        entry = {"check": c}
+        for name in SPLITS:
+            part = [r for r in rows if split[r["model"]] == name and nc_stopped_at(r, c) is not None]
+            pos = [nc_stopped_at(r, c) for r in part if r["mode"] == "all-to-one"]
+            neg = [nc_stopped_at(r, c)[0] for r in part if r["attack"] == "clean"]
+            entry[name] = auroc([p[0] for p in pos], neg)
+            if name == "held-out":
+                right = [p[1] == r["target"] for p, r in zip(pos, [r for r in part if r["mode"] == "all-to-one"])]
+                entry["target_right"] = float(np.mean(right)) if right else None
+        out.append(entry)
+    return out
+
+
+# what a fitted threshold on a detector's score sets: (option, value from the threshold)
+OPTION_OF = {
+    "neural-cleanse": ("anomaly", lambda t: t),  # flags when the largest anomaly index > anomaly
+    "mm-bd": ("p_value", lambda t: 1.0 - t),  # score 1 - p; flags when p <= p_value
+    "bn-kl": ("outlier", lambda t: t),  # flags when the most outlying channel's robust z > outlier
+}
+
+
+def thresholds_doc(fits: list[DetectorFit], *, fitted_on: str, command: str, previous: dict | None = None) -> dict:
+    """The shipped thresholds (``assets/scan-thresholds.json``): per detector the option its fitted
+    threshold sets, from the fit over every set's calibration split, with what it was fitted on
+    and by which command. The detectors of ``previous`` that this fit does not cover are kept."""
+    out = {"detectors": dict((previous or {}).get("detectors", {}))}
+    for f in fits:
+        if f.scope != "all" or f.threshold is None or f.detector not in OPTION_OF:
+            continue
+        option, convert = OPTION_OF[f.detector]
+        out["detectors"][f.detector] = {
+            "option": option, "value": round(float(convert(f.threshold)), 4), "score_threshold": f.threshold,
+            "paper_value": f.paper_threshold if f.detector != "mm-bd" else round(1.0 - f.paper_threshold, 4),
+            "calibration": f.calibration, "held_out": f.held_out, "fitted_on": fitted_on, "command": command}
+    return out

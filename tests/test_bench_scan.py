@@ -1,0 +1,88 @@
+"""`audit bench scan` and the calibration it reports: thresholds fitted on one split of the zoo's
+models, judged on the other."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from backdoor_audit.cli import main
+from backdoor_audit.bench.calibration import assign_splits, auroc, fit_detector, fit_threshold
+
+
+def test_auroc_counts_ties_half_and_needs_both_sides():
+    assert auroc([3, 4], [1, 2]) == 1.0 and auroc([1, 2], [3, 4]) == 0.0
+    assert auroc([1, 2], [2, 0]) == pytest.approx(0.625)  # 1>0, 2>0, 2=2 (half), 1<2
+    assert auroc([], [1]) is None
+
+
+def test_threshold_maximises_youden_and_prefers_fewer_false_positives():
+    assert fit_threshold([5, 6, 7], [1, 2, 3]) == 4.0  # the midpoint of the gap
+    # one clean model scores 6: cutting at 6.5 loses a backdoored one (J 2/3 - 0), at 5.5 flags the
+    # clean one (J 1 - 1/3): equal J, so the lower FPR wins
+    assert fit_threshold([5, 7, 8], [1, 2, 6]) == 6.5
+    assert fit_threshold([1], []) is None
+
+
+def _row(model, attack, score, top=0, target=0, mode="all-to-one", s="mnist"):
+    return {"model": model, "set": s, "attack": attack, "mode": "-" if attack == "clean" else mode, "target":
+            None if attack == "clean" else target, "status": "ok",
+            "detectors": {"nc": {"score": score, "threshold": 2.0, "top_class": top}}}
+
+
+def test_split_alternates_within_each_group_and_the_fit_is_judged_on_the_other_half():
+    rows = [_row(f"mnist/clean-s{i}", "clean", 1.0 + 0.1 * i) for i in range(4)]
+    rows += [_row(f"mnist/badnets-t{i}-s0", "badnets", 3.0 + i, top=i, target=i if i else 5) for i in range(4)]
+    split = assign_splits(rows)
+    assert [split[f"mnist/clean-s{i}"] for i in range(4)] == ["calibration", "held-out"] * 2
+    assert sum(v == "held-out" for k, v in split.items() if "badnets" in k) == 2
+    fit = fit_detector(rows, "nc")
+    assert fit.paper_threshold == 2.0 and 1.2 < fit.threshold < 3.0
+    h = fit.held_out
+    assert h["n_clean"] == 2 and h["n_backdoored"] == 2 and h["auroc"] == 1.0 and h["fpr"] == 0.0
+    assert h["tpr"] == 1.0 and h["target_right"] == 1.0  # held out: badnets-t1 and -t3, tops 1 and 3
+
+
+def _zoo(tmp_path, tiny_backdoor, tiny_clean):
+    """Two copies of the tiny backdoored model and two of its clean twin, as a four-model zoo."""
+    path, clean, _, spec = tiny_backdoor
+    zoo = tmp_path / "zoo"
+    (zoo / "mnist").mkdir(parents=True)
+    x8 = (clean.x[:, 0] * 255).round().astype(np.uint8)
+    np.savez(zoo / "mnist" / "clean.npz", x=x8, y=clean.y)
+    rows = []
+    for seed in (0, 1):
+        for name, src, attack in ((f"badnets-t0-s{seed}", path, "badnets"), (f"clean-s{seed}", tiny_clean[0], "clean")):
+            shutil.copy(src, zoo / "mnist" / f"{name}.onnx")
+            rows.append({"id": f"mnist/{name}", "file": f"mnist/{name}.onnx", "set": "mnist", "attack": attack,
+                         "mode": "all-to-one" if attack != "clean" else "-", "target": 0 if attack != "clean" else None,
+                         "spec": json.loads(spec.to_json()) if attack != "clean" else None, "dataset": "unused"})
+    (zoo / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return zoo
+
+
+def test_bench_scan_runs_resumes_and_reports_the_held_out_split(tmp_path, tiny_backdoor, tiny_clean):
+    zoo = _zoo(tmp_path, tiny_backdoor, tiny_clean)
+    results, out = tmp_path / "r.jsonl", tmp_path / "scan.md"
+    args = ["bench", "scan", "--zoo", str(zoo), "--detectors", "graph,mm-bd,neural-cleanse", "--param",
+            "mm-bd.steps=20", "--param", "neural-cleanse.steps=40", "--clean", "300", "--results", str(results),
+            "--out", str(out)]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output + res.stderr
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert len(rows) == 4 and all(r["status"] == "ok" for r in rows), rows
+    assert {r["model"] for r in rows} == {"mnist/badnets-t0-s0", "mnist/badnets-t0-s1", "mnist/clean-s0",
+                                          "mnist/clean-s1"}
+    assert all(set(r["detectors"]) == {"mm-bd", "neural-cleanse"} and r["peak_mb"] > 0 for r in rows)
+    doc = json.loads(out.with_suffix(".json").read_text())
+    nc = next(f for f in doc["calibration"] if f["detector"] == "neural-cleanse")
+    assert nc["calibration"] == {"n_clean": 1, "n_backdoored": 1, "auroc": 1.0}  # the tiny pair is told apart
+    assert nc["held_out"]["n_clean"] == 1 and nc["held_out"]["auroc"] == 1.0 and nc["held_out"]["target_right"] == 1.0
+    table = out.read_text()
+    assert "| mnist/clean-s1 | as built | held-out | clean |" in table and "| neural-cleanse | all |" in table
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0 and "4 of 4 scans ok" in again.output and " ... " not in again.output

@@ -77,7 +77,7 @@ def plot(rows: list[dict], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="50,500,5000")
-    ap.add_argument("--models", default="small-resnet,wrn-28-1,mobilenetv2,vgg-bn,resnet-18")
+    ap.add_argument("--models", default="small-resnet,mobilenetv2,resnet-18")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "performance-growth")
     args = ap.parse_args()
     rows = []

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from backdoor_audit.cli import main
-from backdoor_audit.bench.calibration import assign_splits, auroc, fit_detector, fit_threshold
+from backdoor_audit.bench.calibration import assign_splits, auroc, fit_detector, fit_threshold, thresholds_doc
 
 
 def test_auroc_counts_ties_half_and_needs_both_sides():
@@ -86,3 +86,31 @@ def test_bench_scan_runs_resumes_and_reports_the_held_out_split(tmp_path, tiny_b
     assert "| mnist/clean-s1 | as built | held-out | clean |" in table and "| neural-cleanse | all |" in table
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0 and "4 of 4 scans ok" in again.output and " ... " not in again.output
+
+
+def test_thresholds_doc_sets_each_detectors_option_and_keeps_the_others():
+    rows = [_row(f"mnist/clean-s{i}", "clean", 1.0 + 0.1 * i) for i in range(4)]
+    rows += [_row(f"mnist/badnets-t{i}-s0", "badnets", 3.0 + i) for i in range(4)]
+    for r in rows:
+        r["detectors"]["neural-cleanse"] = r["detectors"].pop("nc")
+    fit = fit_detector(rows, "neural-cleanse")
+    previous = {"detectors": {"bn-kl": {"option": "outlier", "value": 40.0}}}
+    doc = thresholds_doc([fit], fitted_on="8 rows", command="audit bench scan", previous=previous)
+    nc = doc["detectors"]["neural-cleanse"]
+    assert nc["option"] == "anomaly" and nc["value"] == pytest.approx(fit.threshold, abs=1e-4)
+    assert nc["paper_value"] == 2.0 and nc["fitted_on"] == "8 rows"
+    assert doc["detectors"]["bn-kl"] == previous["detectors"]["bn-kl"]
+
+
+def test_the_scan_uses_the_shipped_thresholds_unless_asked_for_the_papers(tiny_backdoor):
+    from backdoor_audit.audit.scan import calibrated_options, scan_model
+
+    shipped = calibrated_options()
+    assert shipped["neural-cleanse"]["anomaly"] > 0  # the calibration ships with the package
+    path, clean, _, _ = tiny_backdoor
+    opts = {"neural-cleanse": {"steps": 10}}
+    cal = scan_model(path, clean, detectors=("neural-cleanse",), options=opts).detection("neural-cleanse")
+    paper = scan_model(path, clean, detectors=("neural-cleanse",), options=opts, calibrated=False)
+    assert cal.threshold == shipped["neural-cleanse"]["anomaly"]
+    assert paper.detection("neural-cleanse").threshold == 2.0
+    assert cal.score == pytest.approx(paper.detection("neural-cleanse").score)  # only the threshold moves

@@ -11,6 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from backdoor_audit.audit.detectors import neg_log10
 from backdoor_audit.audit.hazards import graph_hazards
 from backdoor_audit.audit.scan import scan_model
 from backdoor_audit.cli import main
@@ -108,7 +109,9 @@ def test_scan_report(plain_model, mnist_images):
                                                                         "mask_iterations": 5},
                                                          "neural-cleanse": {"steps": 20},
                                                          "mm-bd": {"steps": 20}})
-    assert [d.detector for d in rep.detections] == ["graph", "mm-bd", "neural-cleanse", "anp-probe"]
+    assert [d.detector for d in rep.detections] == ["graph", "mm-bd", "neural-cleanse", "anp-probe", "bn-kl"]
+    bnkl = rep.detection("bn-kl")  # the MNIST CNN has no BatchNorm: no score, and it says why
+    assert bnkl.score is None and bnkl.flagged is None and "no BatchNormalization" in bnkl.evidence["reason"]
     probe = rep.detection("anp-probe")
     assert [p.eps for p in probe.evidence["probe"]] == [0.1, 0.4]
     for p in probe.evidence["probe"]:
@@ -257,10 +260,11 @@ def test_safe_external_data_scans_like_the_plain_file(tmp_path, plain_model):
 
 
 def test_mm_bd_without_data_on_the_tiny_pair(tiny_backdoor, tiny_clean):
-    """MM-BD needs no images: it names the backdoored model's target and clears its clean twin."""
-    reps = [scan_model(p, detectors=("graph", "mm-bd")) for p in (tiny_backdoor[0], tiny_clean[0])]
+    """MM-BD needs no images: at the paper's p-value it names the backdoored model's target and
+    clears its clean twin. (The tiny model's p, 0.0068, is above the MNIST zoo's fitted 3.6e-4: the
+    shipped threshold misses it, as it misses half the held-out zoo backdoors without data.)"""
+    reps = [scan_model(p, detectors=("graph", "mm-bd"), calibrated=False) for p in (tiny_backdoor[0], tiny_clean[0])]
     bad, good = (r.detection("mm-bd") for r in reps)
-    print(bad.evidence, good.evidence)
     assert reps[0].verdict == "backdoor suspected" and reps[0].suspected_target == 0 and reps[0].decided_by == "mm-bd"
     assert reps[1].verdict == "no backdoor found" and not good.flagged
 
@@ -288,11 +292,16 @@ def test_scanning_a_folder_scans_every_onnx_file_and_fails_if_any_is_flagged(tmp
 
 
 def test_repair_rescan_reports_whether_the_signature_is_gone(tmp_path, tiny_backdoor):
-    """CLP prunes nothing in the tiny CNN (docs/repair.md), so MM-BD still finds class 0 afterwards:
-    the re-scan says so, with no trigger and no data."""
+    """CLP prunes nothing in the tiny CNN (docs/repair.md), so MM-BD still points at class 0
+    afterwards, with no trigger and no data. Its p (0.0068 before) is under the paper's 0.05 but over
+    the MNIST zoo's fitted 3.6e-4, so the re-scan's verdict under the shipped threshold is a
+    clearance, the same verdict a scan of the written file gives."""
     path = tiny_backdoor[0]
     res = CliRunner().invoke(main, ["repair", str(path), "--method", "clp", "--out", str(tmp_path / "o.onnx"),
                                     "--rescan", "--json"])
     assert res.exit_code == 0, res.output + res.stderr
     r = json.loads(res.stdout)["log"]["rescan"]
-    assert r["verdict"] == "backdoor suspected" and r["suspected_target"] == 0 and r["decided_by"] == "mm-bd"
+    mm = r["scores"]["mm-bd"]
+    assert r["decided_by"] == "mm-bd" and mm["top_class"] == 0 and mm["score"] > neg_log10(0.05)
+    direct = scan_model(tmp_path / "o.onnx", detectors=("graph", "mm-bd"))
+    assert r["verdict"] == direct.verdict and mm["threshold"] == direct.detection("mm-bd").threshold

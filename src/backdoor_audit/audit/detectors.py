@@ -169,6 +169,11 @@ def max_margins(ctx: ScanContext, images: int, steps: int, lr: float) -> np.ndar
     return np.array(out)
 
 
+def neg_log10(p: float) -> float:
+    """-log10 p, at most 300 (a p of 0 in floating point)."""
+    return float(min(300.0, -np.log10(max(p, 1e-300))))
+
+
 def order_p_value(stats: np.ndarray) -> float:
     """MM-BD's test: fit a gamma distribution to every class's statistic but the largest, and give
     the chance that the largest of K such draws reaches the observed maximum, 1 - F(max)^K."""
@@ -196,8 +201,9 @@ def detect_mmbd(ctx: ScanContext, *, images: int, steps: int, lr: float, p_value
                                 f"against a median of {np.median(margins):.1f} "
                                 f"(order-statistic p = {p:.2g} <= {p_value})",
                                 {"class": top, "margin": float(margins[top]), "p": p}))
-    # the score is 1 - p, so that higher means more backdoor-like like every other detector's
-    return Detection("mm-bd", 1.0 - p, 1.0 - p_value, flagged, top if flagged else None, findings,
+    # the score is -log10 p, so that higher means more backdoor-like like every other detector's
+    # (1 - p saturates: most backdoored models' p are below 1e-6)
+    return Detection("mm-bd", neg_log10(p), neg_log10(p_value), flagged, top if flagged else None, findings,
                      evidence={"top_class": top, "margins": margins.round(3).tolist(), "p_value": p})
 
 

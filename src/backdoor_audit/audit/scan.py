@@ -15,8 +15,10 @@ The verdict (docs/scan.md), in this order:
 4. otherwise ANP's probe, when it ran and could judge (it is evidence beside NC, not a verdict of
    its own, when both ran: on CIFAR-10 it flags clean models too);
 5. otherwise "inconclusive": the scan never calls a model clean that it could not judge.
-The thresholds are the papers' defaults, not yet calibrated on the zoo (the calibration is the
-scan issue's next step).
+The thresholds are those the zoo calibration fitted on its calibration split and the package ships
+(``assets/scan-thresholds.json``, written by `audit bench scan --write-thresholds`; docs/scan.md
+says on what), for the detectors it covers; the papers' defaults otherwise, or with
+``calibrated=False`` (`--thresholds paper`).
 """
 
 from __future__ import annotations
@@ -189,7 +191,7 @@ CLEARED = {
     "neural-cleanse": lambda d: f"no class's reverse-engineered trigger is an outlier (largest anomaly index "
                                 f"{d.score:.2f} <= {d.threshold})",
     "mm-bd": lambda d: f"no class's maximum margin is an outlier (p = {d.evidence['p_value']:.2g} > "
-                       f"{1 - d.threshold:.2g})",
+                       f"{d.options['p_value']:.2g})",
 }
 
 

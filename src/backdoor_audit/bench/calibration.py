@@ -77,12 +77,33 @@ class DetectorFit:
         return asdict(self)
 
 
+def score_of(det: dict, detector: str) -> float | None:
+    """A row's score of ``detector``. MM-BD's is -log10 p from its evidence, so rows recorded when
+    its score was 1 - p (which saturates at 1) rank the same as new ones."""
+    if detector == "mm-bd" and "p_value" in det.get("evidence", {}):
+        from ..audit.detectors import neg_log10
+
+        return neg_log10(det["evidence"]["p_value"])
+    return det["score"]
+
+
 def _scores(rows, detector):
-    pos = [r for r in rows if r["mode"] == "all-to-one" and detector in r["detectors"]]
-    neg = [r for r in rows if r["attack"] == "clean" and detector in r["detectors"]]
-    a2a = [r for r in rows if r["mode"] == "all-to-all" and detector in r["detectors"]]
-    s = lambda rs: [r["detectors"][detector]["score"] for r in rs if r["detectors"][detector]["score"] is not None]  # noqa: E731
+    has = [r for r in rows if detector in r["detectors"] and score_of(r["detectors"][detector], detector) is not None]
+    pos = [r for r in has if r["mode"] == "all-to-one"]
+    neg = [r for r in has if r["attack"] == "clean"]
+    a2a = [r for r in has if r["mode"] == "all-to-all"]
+    s = lambda rs: [score_of(r["detectors"][detector], detector) for r in rs]  # noqa: E731
     return pos, neg, a2a, s
+
+
+def _paper_threshold(rows: list[dict], detector: str) -> float | None:
+    """The paper's threshold on the score: MM-BD's from its registry default (rows may hold the
+    old 1 - p scale), the others' from the rows."""
+    if detector == "mm-bd":
+        from ..audit.detectors import DETECTORS, neg_log10
+
+        return neg_log10(DETECTORS.get("mm-bd").resolve()["p_value"])
+    return next((r["detectors"][detector]["threshold"] for r in rows if detector in r["detectors"]), None)
 
 
 def fit_detector(rows: list[dict], detector: str, scope: str = "all") -> DetectorFit:
@@ -92,7 +113,7 @@ def fit_detector(rows: list[dict], detector: str, scope: str = "all") -> Detecto
     held = [r for r in rows if split[r["model"]] == "held-out"]
     pos, neg, _, s = _scores(cal, detector)
     threshold = fit_threshold(s(pos), s(neg))
-    paper = next((r["detectors"][detector]["threshold"] for r in rows if detector in r["detectors"]), None)
+    paper = _paper_threshold(rows, detector)
     calibration = {"n_clean": len(neg), "n_backdoored": len(pos), "auroc": auroc(s(pos), s(neg))}
     hp, hn, ha, s = _scores(held, detector)
     out = {"n_clean": len(hn), "n_backdoored": len(hp), "auroc": auroc(s(hp), s(hn))}
@@ -100,7 +121,8 @@ def fit_detector(rows: list[dict], detector: str, scope: str = "all") -> Detecto
         out["tpr"] = float(np.mean([v > threshold for v in s(hp)])) if hp else None
         out["fpr"] = float(np.mean([v > threshold for v in s(hn)])) if hn else None
         out["all_to_all_flagged"] = f"{sum(v > threshold for v in s(ha))} of {len(ha)}"
-    right = [r["detectors"][detector].get("top_class") == r["target"] for r in hp]
+    tops = [(r["detectors"][detector].get("top_class"), r["target"]) for r in hp]
+    right = [top == target for top, target in tops if top is not None]  # bn-kl names no class
     out["target_right"] = float(np.mean(right)) if right else None
     return DetectorFit(detector, scope, threshold, paper, calibration, out)
 
@@ -153,7 +175,7 @@ def nc_step_curve(rows: list[dict], checks: list[int]) -> list[dict]:
 # what a fitted threshold on a detector's score sets: (option, value from the threshold)
 OPTION_OF = {
     "neural-cleanse": ("anomaly", lambda t: t),  # flags when the largest anomaly index > anomaly
-    "mm-bd": ("p_value", lambda t: 1.0 - t),  # score 1 - p; flags when p <= p_value
+    "mm-bd": ("p_value", lambda t: 10.0 ** -t),  # score -log10 p; flags when p <= p_value
     "bn-kl": ("outlier", lambda t: t),  # flags when the most outlying channel's robust z > outlier
 }
 
@@ -168,7 +190,7 @@ def thresholds_doc(fits: list[DetectorFit], *, fitted_on: str, command: str, pre
             continue
         option, convert = OPTION_OF[f.detector]
         out["detectors"][f.detector] = {
-            "option": option, "value": round(float(convert(f.threshold)), 4), "score_threshold": f.threshold,
-            "paper_value": f.paper_threshold if f.detector != "mm-bd" else round(1.0 - f.paper_threshold, 4),
+            "option": option, "value": float(f"{convert(f.threshold):.4g}"), "score_threshold": f.threshold,
+            "paper_value": float(f"{convert(f.paper_threshold):.4g}") if f.paper_threshold is not None else None,
             "calibration": f.calibration, "held_out": f.held_out, "fitted_on": fitted_on, "command": command}
     return out

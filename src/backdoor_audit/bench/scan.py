@@ -19,10 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .. import __version__
-from .calibration import assign_splits, calibrate, nc_step_curve
+from .calibration import assign_splits, calibrate, nc_step_curve, score_of
 from ..errors import SpecError
 from ..graph.load import load_model
 from ..graph.neurons import build_inventory
@@ -157,7 +158,7 @@ def markdown(rows: list[dict]) -> str:
         for d in names:
             det = r["detectors"].get(d)
             top = "-" if det is None or det["top_class"] is None else det["top_class"]
-            cells.append("-" if det is None else f"{fmt(det['score'])} ({top})")
+            cells.append("-" if det is None else f"{fmt(score_of(det, d))} ({top})")
         lines.append(f"| {r['model']} | {r['variant']} | {split[r['model']]} | {truth} | {verdict} | "
                      f"{' | '.join(cells)} | {r['wall']:.0f} | {r['peak_mb']:.0f} |")
     lines += ["", "Thresholds fitted on the calibration split, judged on the held-out split "
@@ -171,6 +172,15 @@ def markdown(rows: list[dict]) -> str:
                      f"{fmt(f.calibration['auroc'], 3)} | {fmt(h['auroc'], 3)} | {fmt(h.get('tpr'))} | "
                      f"{fmt(h.get('fpr'))} | {fmt(h['target_right'])} | {h.get('all_to_all_flagged', '-')} | "
                      f"{h['n_clean']} / {h['n_backdoored']} |")
+    lines += ["", "Cost per scan (mean over the rows; one process per scan, so the peak memory is the whole scan's):",
+              "", "| set | scans | " + " | ".join(f"{d} s" for d in names) + " | scan wall s | peak MB |",
+              "|---|---|" + "---|" * len(names) + "---|---|"]
+    for name in sorted({r["set"] for r in rows}):
+        rs = [r for r in rows if r["set"] == name]
+        secs = [fmt(np.mean([r["detectors"][d]["seconds"] for r in rs if d in r["detectors"]]), 1)
+                if any(d in r["detectors"] for r in rs) else "-" for d in names]
+        lines.append(f"| {name} | {len(rs)} | {' | '.join(secs)} | {np.mean([r['wall'] for r in rs]):.0f} | "
+                     f"{max(r['peak_mb'] for r in rs):.0f} (max) |")
     curve = nc_step_curve(rows, [s // NC_PERIOD - 1 for s in NC_STEPS])
     if any(c["calibration"] is not None for c in curve):
         lines += ["", "Neural Cleanse had every class's run stopped after fewer steps (from the recorded L1 traces; "

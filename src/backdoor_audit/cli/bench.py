@@ -107,8 +107,10 @@ def _pct(v) -> str:
               help="write the thresholds fitted on the calibration split here, for `audit scan` to ship "
                    "(src/backdoor_audit/assets/scan-thresholds.json)")
 @click.option("--plan", "plan_only", is_flag=True, help="list the scans and stop")
+@click.option("--tables-only", is_flag=True, help="scan nothing: write the tables (and thresholds) from the results")
 @handle_errors
-def scan(zoo_dirs, n_clean, no_data, only, folded, detectors, params, results, out, write_thresholds, plan_only):
+def scan(zoo_dirs, n_clean, no_data, only, folded, detectors, params, results, out, write_thresholds, plan_only,
+         tables_only):
     """Scan every zoo model (and its folded copy), resumably; fit the detectors' thresholds on one
     split of the models and report them on the other."""
     import json
@@ -132,8 +134,8 @@ def scan(zoo_dirs, n_clean, no_data, only, folded, detectors, params, results, o
             ok = row["status"] == "ok"
             click.echo(f" {row['verdict']}, {row['wall']:.0f} s" if ok else f" failed: {row['error']}")
 
-    rows = run_scans(jobs, Path(results), n_clean=n_clean, data=not no_data, detectors=detectors,
-                     options=list(params), on_event=show)
+    rows = [] if tables_only else run_scans(jobs, Path(results), n_clean=n_clean, data=not no_data,
+                                            detectors=detectors, options=list(params), on_event=show)
     every = [r for r in read_results(Path(results)).values() if r["status"] == "ok"]
     atomic_write_bytes(out, markdown(every).encode())
     fits = calibrate(every, [d for d in SCORED if any(d in r["detectors"] for r in every)])

@@ -120,6 +120,9 @@ def repair(model, data, split, layout, mean, std, device, method, params, out, n
                            std=floats(std, "--std"), seed=seed, progress=not as_json and sys.stderr.isatty())
         report.log["rescan"] = {"verdict": after.verdict, "suspected_target": after.suspected_target,
                                 "decided_by": after.decided_by, "reason": after.reason,
+                                "scores": {d.detector: {"score": d.score, "threshold": d.threshold,
+                                                        "top_class": d.evidence.get("top_class")}
+                                           for d in after.detections if d.detector != "graph"},
                                 "seconds": round(after.seconds, 1)}
     if as_json:
         click.echo(report.to_json())

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SpecError
+from .bnstats import channel_moments
 from .executor import OnnxExecutor
 from .modulate import Modulation
 from .neurons import NeuronInventory
@@ -45,19 +46,10 @@ def conv_statistics(executor: OnnxExecutor, layers, x: torch.Tensor, eps: float 
     """Per-channel mean and standard deviation of each conv layer's output on ``x`` (no modulation)."""
     if not layers:
         return {}
-    names = [executor.node_output(l.name) for l in layers]
-    sums: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    with torch.no_grad():
-        for i in range(0, len(x), batch_size):
-            got = executor.run(x[i:i + batch_size], capture=names)
-            for n in names:
-                o = got[n].transpose(0, 1).reshape(got[n].shape[1], -1).double()
-                sums[n].append(torch.stack([o.sum(1), (o * o).sum(1), torch.full_like(o[:, 0], o.shape[1])]))
+    moments = channel_moments(executor, [executor.node_output(l.name) for l in layers], x, batch_size)
     out = {}
-    for layer, n in zip(layers, names):
-        s, sq, count = torch.stack(sums[n]).sum(0)
-        mean = s / count
-        var = (sq / count - mean * mean).clamp_min(0)
+    for layer in layers:
+        mean, var, _ = moments[executor.node_output(layer.name)]
         out[layer.name] = (mean.float(), torch.sqrt(var + eps).float())
     return out
 

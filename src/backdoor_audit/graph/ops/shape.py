@@ -7,7 +7,6 @@ import torch.nn.functional as F
 
 from . import register
 from ._util import ints, norm_axis, scalar
-from ...errors import UnsupportedOpError
 
 
 @register("Shape", attrs=("start", "end"))
@@ -144,11 +143,8 @@ def _constant_check(ctx):
 
 @register("Constant", attrs=_CONSTANT_KEYS, check=_constant_check)
 def _constant(ctx, x):
-    for key in _CONSTANT_KEYS:
-        if key in ctx.attrs:
-            v = ctx.attrs[key]
-            return v if isinstance(v, torch.Tensor) else torch.tensor(v)
-    raise UnsupportedOpError(f"node '{ctx.name}' (Constant): only numeric values are supported")
+    v = ctx.attrs[next(k for k in _CONSTANT_KEYS if k in ctx.attrs)]  # _constant_check: one is there
+    return v if isinstance(v, torch.Tensor) else torch.tensor(v)
 
 
 @register("ConstantOfShape", attrs=("value",))

@@ -69,7 +69,7 @@ def test_bench_scan_runs_resumes_and_reports_the_held_out_split(tmp_path, tiny_b
     zoo = _zoo(tmp_path, tiny_backdoor, tiny_clean)
     results, out = tmp_path / "r.jsonl", tmp_path / "scan.md"
     args = ["bench", "scan", "--zoo", str(zoo), "--detectors", "graph,mm-bd,neural-cleanse", "--param",
-            "mm-bd.steps=20", "--param", "neural-cleanse.steps=40", "--clean", "300", "--results", str(results),
+            "mm-bd.steps=10", "--param", "neural-cleanse.steps=20", "--clean", "300", "--results", str(results),
             "--out", str(out)]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output + res.stderr

@@ -278,9 +278,9 @@ BNKL_OPTIONS = [
 
 
 def robust_z(values: np.ndarray) -> np.ndarray:
-    """(value - median) / (1.4826 * MAD): how far each value sits above its population."""
-    med = np.median(values)
-    return (values - med) / max(1.4826 * float(np.median(np.abs(values - med))), 1e-12)
+    """(value - median) / (1.4826 * MAD): how far each value sits above its population, the mirror
+    of NC's anomaly index (which counts below)."""
+    return -anomaly_index(values)
 
 
 @register_detector("bn-kl", summary="how far each BatchNorm channel's clean statistics sit from the stored "

@@ -23,6 +23,7 @@ says on what), for the detectors it covers; the papers' defaults otherwise, or w
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -108,10 +109,12 @@ def save_reversed_triggers(report: ScanReport, path) -> None:
 THRESHOLDS = "scan-thresholds.json"  # in the package's assets: the zoo calibration's fitted thresholds
 
 
+@functools.lru_cache(maxsize=1)
 def calibrated_options() -> dict[str, dict]:
     """The detector options the shipped calibration sets (``assets/scan-thresholds.json``, written
     by `audit bench scan --write-thresholds`), e.g. ``{"neural-cleanse": {"anomaly": 2.6}}``; empty
-    when none is shipped."""
+    when none is shipped. Read once per process (a folder scan asks for every file); callers do not
+    change it."""
     import json
     from importlib import resources
 

@@ -161,13 +161,12 @@ def nc_step_curve(rows: list[dict], checks: list[int]) -> list[dict]:
     for c in checks:
         entry = {"check": c}
         for name in SPLITS:
-            part = [r for r in rows if split[r["model"]] == name and nc_stopped_at(r, c) is not None]
-            pos = [nc_stopped_at(r, c) for r in part if r["mode"] == "all-to-one"]
-            neg = [nc_stopped_at(r, c)[0] for r in part if r["attack"] == "clean"]
-            entry[name] = auroc([p[0] for p in pos], neg)
+            judged = [(r, nc_stopped_at(r, c)) for r in rows if split[r["model"]] == name]
+            judged = [(r, j) for r, j in judged if j is not None]
+            pos = [(r, j) for r, j in judged if r["mode"] == "all-to-one"]
+            entry[name] = auroc([j[0] for _, j in pos], [j[0] for r, j in judged if r["attack"] == "clean"])
             if name == "held-out":
-                right = [p[1] == r["target"] for p, r in zip(pos, [r for r in part if r["mode"] == "all-to-one"])]
-                entry["target_right"] = float(np.mean(right)) if right else None
+                entry["target_right"] = float(np.mean([j[1] == r["target"] for r, j in pos])) if pos else None
         out.append(entry)
     return out
 

@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from backdoor_audit.cli import main
-from backdoor_audit.bench.calibration import assign_splits, auroc, fit_detector, fit_threshold, thresholds_doc
+from backdoor_audit.bench.calibration import (assign_splits, auroc, fit_detector, fit_threshold, nc_at_steps,
+                                             thresholds_doc)
 
 
 def test_auroc_counts_ties_half_and_needs_both_sides():
@@ -45,6 +46,22 @@ def test_split_alternates_within_each_group_and_the_fit_is_judged_on_the_other_h
     h = fit.held_out
     assert h["n_clean"] == 2 and h["n_backdoored"] == 2 and h["auroc"] == 1.0 and h["fpr"] == 0.0
     assert h["tpr"] == 1.0 and h["target_right"] == 1.0  # held out: badnets-t1 and -t3, tops 1 and 3
+
+
+def test_nc_judged_at_fewer_steps_from_its_traces_and_never_on_a_run_it_did_not_have():
+    def row(traces):
+        return {"model": "m", "detectors": {"mm-bd": {"score": 1.0}, "neural-cleanse": {
+            "score": 9.0, "threshold": 2.0, "top_class": 0, "target": 0, "evidence": {"l1_trace": traces}}}}
+
+    # class 2's mask is the outlier after 2 checks (20 steps); by the 4th every class has caught up
+    traces = [[50, 40, 30, 20], [52, 41, 31, 21], [50, 5, 4, 19], [49, 39, 29, 20], [51, 40, 30, 22]]
+    short, whole = nc_at_steps([row(traces)], 20) + nc_at_steps([row(traces)], 40)
+    nc = short["detectors"]["neural-cleanse"]
+    assert nc["top_class"] == 2 and nc["flagged"] and nc["target"] == 2 and nc["score"] > 10
+    assert not whole["detectors"]["neural-cleanse"]["flagged"]
+    assert short["detectors"]["mm-bd"] == {"score": 1.0}  # the other detectors are untouched
+    assert "neural-cleanse" not in nc_at_steps([row(traces)], 50)[0]["detectors"]  # only 40 steps were run
+    assert "neural-cleanse" not in nc_at_steps([row(None)], 20)[0]["detectors"]
 
 
 def _zoo(tmp_path, tiny_backdoor, tiny_clean):

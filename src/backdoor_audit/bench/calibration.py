@@ -153,6 +153,29 @@ def nc_stopped_at(row: dict, check: int) -> tuple[float, int] | None:
     return float(index.max()), int(index.argmax())
 
 
+def nc_at_steps(rows: list[dict], steps: int, period: int = 10) -> list[dict]:
+    """``rows`` with Neural Cleanse's score and top class replaced by what a run of ``steps`` steps
+    per class gives (``nc_stopped_at``). A row whose run was shorter than that, or recorded no
+    traces, loses its NC result rather than being judged on a run it did not have."""
+    check = steps // period - 1
+    out = []
+    for r in rows:
+        det = r["detectors"].get("neural-cleanse")
+        if det is None:
+            out.append(r)
+            continue
+        traces = det.get("evidence", {}).get("l1_trace") or []
+        judged = nc_stopped_at(r, check) if traces and min(len(t) for t in traces) > check else None
+        others = {k: v for k, v in r["detectors"].items() if k != "neural-cleanse"}
+        if judged is not None:
+            score, top = judged
+            others["neural-cleanse"] = {**det, "score": score, "top_class": top,
+                                        "flagged": score > det["threshold"],
+                                        "target": top if score > det["threshold"] else None}
+        out.append({**r, "detectors": others})
+    return out
+
+
 def nc_step_curve(rows: list[dict], checks: list[int]) -> list[dict]:
     """Per number of checks: NC's AUROC on the calibration and the held-out split, and how often
     the top class is the target on the held-out one, had every run stopped there."""

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from .calibration import assign_splits, calibrate, nc_step_curve, score_of
+from .calibration import assign_splits, calibrate, nc_at_steps, nc_step_curve, score_of
 from ..errors import SpecError
 from ..graph.load import load_model
 from ..graph.neurons import build_inventory
@@ -141,10 +141,14 @@ def run_scans(jobs: list[ScanJob], results: Path, *, n_clean: int = 500, data: b
 
 
 # ------------------------------------------------------------------------------------ the tables
-def markdown(rows: list[dict]) -> str:
+def markdown(rows: list[dict], nc_steps: int | None = None) -> str:
     """Per-model rows with their split, then per detector the fitted threshold and the held-out
-    figures, over every set and per set."""
+    figures, over every set and per set. With ``nc_steps``, Neural Cleanse's scores and fits are
+    those of runs stopped there (from the traces); the step curve always uses the whole runs."""
     rows = [r for r in rows if r["status"] == "ok"]
+    whole = rows
+    if nc_steps is not None:
+        rows = nc_at_steps(rows, nc_steps, NC_PERIOD)
     split = assign_splits(rows)
     names = [d for d in SCORED if any(d in r["detectors"] for r in rows)]
     head = " | ".join(f"{d} score (top class)" for d in names)
@@ -161,8 +165,10 @@ def markdown(rows: list[dict]) -> str:
             cells.append("-" if det is None else f"{fmt(score_of(det, d))} ({top})")
         lines.append(f"| {r['model']} | {r['variant']} | {split[r['model']]} | {truth} | {verdict} | "
                      f"{' | '.join(cells)} | {r['wall']:.0f} | {r['peak_mb']:.0f} |")
+    stopped = "" if nc_steps is None else (f" Neural Cleanse judged at {nc_steps} steps per class, from the "
+                                           "traces (the verdict column is the recorded run's).")
     lines += ["", "Thresholds fitted on the calibration split, judged on the held-out split "
-              "(all-to-one backdoored models against clean ones):", "",
+              f"(all-to-one backdoored models against clean ones).{stopped}", "",
               "| detector | models of | paper threshold | fitted threshold | calibration AUROC | held-out AUROC | "
               "held-out TPR | held-out FPR | top class = target | all-to-all flagged | held-out clean / backdoored |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -181,7 +187,7 @@ def markdown(rows: list[dict]) -> str:
                 if any(d in r["detectors"] for r in rs) else "-" for d in names]
         lines.append(f"| {name} | {len(rs)} | {' | '.join(secs)} | {np.mean([r['wall'] for r in rs]):.0f} | "
                      f"{max(r['peak_mb'] for r in rs):.0f} (max) |")
-    curve = nc_step_curve(rows, [s // NC_PERIOD - 1 for s in NC_STEPS])
+    curve = nc_step_curve(whole, [s // NC_PERIOD - 1 for s in NC_STEPS])
     if any(c["calibration"] is not None for c in curve):
         lines += ["", "Neural Cleanse had every class's run stopped after fewer steps (from the recorded L1 traces; "
                   "the run is deterministic, so this is what the shorter run gives):", "",

@@ -107,17 +107,20 @@ def _pct(v) -> str:
               help="write the thresholds fitted on the calibration split here, for `audit scan` to ship "
                    "(src/backdoor_audit/assets/scan-thresholds.json)")
 @click.option("--plan", "plan_only", is_flag=True, help="list the scans and stop")
+@click.option("--nc-steps", type=click.IntRange(min=10), default=None,
+              help="judge and fit Neural Cleanse as if each class's run stopped after this many steps (from the "
+                   "recorded traces; rows that ran fewer steps lose their NC result)")
 @click.option("--tables-only", is_flag=True, help="scan nothing: write the tables (and thresholds) from the results")
 @handle_errors
 def scan(zoo_dirs, n_clean, no_data, only, folded, detectors, params, results, out, write_thresholds, plan_only,
-         tables_only):
+         nc_steps, tables_only):
     """Scan every zoo model (and its folded copy), resumably; fit the detectors' thresholds on one
     split of the models and report them on the other."""
     import json
 
     from ..bench.results import read_results
     from ..bench.scan import SCORED, markdown, plan_scans, run_scans
-    from ..bench.calibration import assign_splits, calibrate, thresholds_doc
+    from ..bench.calibration import assign_splits, calibrate, nc_at_steps, thresholds_doc
     from ..util import atomic_write_bytes
 
     jobs = plan_scans([Path(z) for z in zoo_dirs or ["zoo"]], list(only), folded)
@@ -137,8 +140,9 @@ def scan(zoo_dirs, n_clean, no_data, only, folded, detectors, params, results, o
     rows = [] if tables_only else run_scans(jobs, Path(results), n_clean=n_clean, data=not no_data,
                                             detectors=detectors, options=list(params), on_event=show)
     every = [r for r in read_results(Path(results)).values() if r["status"] == "ok"]
-    atomic_write_bytes(out, markdown(every).encode())
-    fits = calibrate(every, [d for d in SCORED if any(d in r["detectors"] for r in every)])
+    atomic_write_bytes(out, markdown(every, nc_steps).encode())
+    judged = every if nc_steps is None else nc_at_steps(every, nc_steps)
+    fits = calibrate(judged, [d for d in SCORED if any(d in r["detectors"] for r in judged)])
     atomic_write_bytes(Path(out).with_suffix(".json"), json.dumps(
         {"rows": every, "calibration": [f.to_dict() for f in fits]}, indent=1, sort_keys=True).encode())
     if write_thresholds:
@@ -148,8 +152,9 @@ def scan(zoo_dirs, n_clean, no_data, only, folded, detectors, params, results, o
         cal = sorted(r["model"] + ("" if r["variant"] == "as built" else " (folded)") for r in every
                      if split[r["model"]] == "calibration")
         previous = json.loads(Path(write_thresholds).read_text()) if Path(write_thresholds).is_file() else None
+        at = "" if nc_steps is None else f"; Neural Cleanse at {nc_steps} steps per class"
         doc = thresholds_doc(fits, fitted_on=f"{len(cal)} zoo scans of the calibration split "
-                             f"({n_clean} clean images each): {', '.join(cal)}",
+                             f"({n_clean} clean images each{at}): {', '.join(cal)}",
                              command="audit " + " ".join(sys.argv[1:]), previous=previous)
         atomic_write_bytes(write_thresholds, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
         click.echo(f"wrote the fitted thresholds to {write_thresholds}")

@@ -140,33 +140,48 @@ def _margin(logits: torch.Tensor, t: int) -> torch.Tensor:
     return logits[:, t] - others.max(1).values
 
 
-def max_margins(ctx: ScanContext, images: int, steps: int, lr: float) -> np.ndarray:
+def max_margins(ctx: ScanContext, images: int, steps: int, lr: float, batch: int = 256) -> np.ndarray:
     """Per class, the largest logit margin (class logit minus the best other) that synthetic pixels
-    in [0, 1] reach by gradient ascent: a backdoor's target class reaches a far larger one."""
+    in [0, 1] reach by gradient ascent: a backdoor's target class reaches a far larger one.
+
+    Each class's images ascend their own margin and stop when their summed loss settles; the
+    classes run side by side, as many per forward pass as fit in ``batch`` images (an image's
+    gradient depends on itself alone: the executor runs BN on its stored statistics)."""
     ex = ctx.model.executor
     ex.requires_grad_weights(False)
     gen = torch.Generator().manual_seed(ctx.seed)
     bar = ctx.bar(ctx.num_classes, "max margins")
-    out = []
-    for t in range(ctx.num_classes):
-        x = torch.rand((images, *ctx.pixel_shape), generator=gen).to(ex.device).requires_grad_(True)
-        last = None
+    out = np.zeros(ctx.num_classes)
+    per = max(1, batch // images)
+    for first in range(0, ctx.num_classes, per):
+        group = list(range(first, min(first + per, ctx.num_classes)))
+        xs = {t: torch.rand((images, *ctx.pixel_shape), generator=gen).to(ex.device) for t in group}
+        active, last = list(group), {}
         for _ in range(steps):
-            loss = -_margin(ex(ctx.preprocess(x.clamp(0, 1))), t).sum()
-            (grad,) = torch.autograd.grad(loss, [x])
-            with torch.no_grad():
-                x -= lr * grad
-            value = float(loss.detach())
-            if last is not None and abs(last - value) <= 1e-5 * abs(last):
+            if not active:
                 break
-            last = value
+            x = torch.cat([xs[t] for t in active]).requires_grad_(True)
+            logits = ex(ctx.preprocess(x.clamp(0, 1)))
+            losses = [-_margin(logits[i * images:(i + 1) * images], t).sum() for i, t in enumerate(active)]
+            (grad,) = torch.autograd.grad(torch.stack(losses).sum(), [x])
+            settled = []
+            with torch.no_grad():
+                for i, t in enumerate(active):
+                    xs[t] = xs[t] - lr * grad[i * images:(i + 1) * images]
+                    value = float(losses[i].detach())
+                    if t in last and abs(last[t] - value) <= 1e-5 * abs(last[t]):
+                        settled.append(t)
+                    last[t] = value
+            active = [t for t in active if t not in settled]
         with torch.no_grad():
-            out.append(float(_margin(ex(ctx.preprocess(x.clamp(0, 1))), t).max()))
+            logits = ex(ctx.preprocess(torch.cat([xs[t] for t in group]).clamp(0, 1)))
+            for i, t in enumerate(group):
+                out[t] = float(_margin(logits[i * images:(i + 1) * images], t).max())
         if bar is not None:
-            bar.update(1)
+            bar.update(len(group))
     if bar is not None:
         bar.close()
-    return np.array(out)
+    return out
 
 
 def neg_log10(p: float) -> float:

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from backdoor_audit.audit.detectors import neg_log10
 from backdoor_audit.audit.hazards import graph_hazards
-from backdoor_audit.audit.scan import scan_model
+from backdoor_audit.audit.scan import default_detectors, parse_detectors, scan_model
 from backdoor_audit.cli import main
 from backdoor_audit.models import build_model
 
@@ -104,12 +104,19 @@ def test_plain_model_has_no_graph_findings(plain_model):
     assert graph_hazards(onnx.load(str(plain_model))) == []
 
 
+def test_default_detectors_and_the_plus_form():
+    assert parse_detectors(None, True) is None and parse_detectors(" ", False) is None
+    assert default_detectors(True) == ("graph", "mm-bd", "neural-cleanse", "bn-kl")
+    assert default_detectors(False) == ("graph", "mm-bd")
+    assert parse_detectors("+anp-probe, ban,mm-bd", False) == ("graph", "mm-bd", "anp-probe", "ban")
+    assert parse_detectors("graph, ban", True) == ("graph", "ban")
+
+
 def test_scan_report(plain_model, mnist_images):
-    rep = scan_model(plain_model, mnist_images, options={"anp-probe": {"eps": "0.1,0.4", "probe_steps": 2,
-                                                                        "mask_iterations": 5},
-                                                         "neural-cleanse": {"steps": 20},
-                                                         "mm-bd": {"steps": 20}})
-    assert [d.detector for d in rep.detections] == ["graph", "mm-bd", "neural-cleanse", "anp-probe", "bn-kl"]
+    rep = scan_model(plain_model, mnist_images, detectors=parse_detectors("+anp-probe", True),
+                     options={"anp-probe": {"eps": "0.1,0.4", "probe_steps": 2, "mask_iterations": 5},
+                              "neural-cleanse": {"steps": 20}, "mm-bd": {"steps": 20}})
+    assert [d.detector for d in rep.detections] == ["graph", "mm-bd", "neural-cleanse", "bn-kl", "anp-probe"]
     bnkl = rep.detection("bn-kl")  # the MNIST CNN has no BatchNorm: no score, and it says why
     assert bnkl.score is None and bnkl.flagged is None and "no BatchNormalization" in bnkl.evidence["reason"]
     probe = rep.detection("anp-probe")
@@ -263,7 +270,8 @@ def test_mm_bd_without_data_on_the_tiny_pair(tiny_backdoor, tiny_clean):
     """MM-BD needs no images: at the paper's p-value it names the backdoored model's target and
     clears its clean twin. (The tiny model's p, 0.0068, is above the MNIST zoo's fitted 3.6e-4: the
     shipped threshold misses it, as it misses half the held-out zoo backdoors without data.)"""
-    reps = [scan_model(p, detectors=("graph", "mm-bd"), calibrated=False) for p in (tiny_backdoor[0], tiny_clean[0])]
+    reps = [scan_model(p, detectors=("graph", "mm-bd"), calibrated=False, options={"mm-bd": {"steps": 100}})
+            for p in (tiny_backdoor[0], tiny_clean[0])]
     bad, good = (r.detection("mm-bd") for r in reps)
     assert reps[0].verdict == "backdoor suspected" and reps[0].suspected_target == 0 and reps[0].decided_by == "mm-bd"
     assert reps[1].verdict == "no backdoor found" and not good.flagged

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from backdoor_audit.audit.report_html import render_html
-from backdoor_audit.audit.scan import scan_model
+from backdoor_audit.audit.scan import parse_detectors, scan_model
 from backdoor_audit.cli import main
 from backdoor_audit.export.from_torch import export_torch_model
 from backdoor_audit.models import build_model
@@ -35,7 +35,7 @@ SMALL = {"anp-probe": {"eps": "0.1,0.4", "probe_steps": 2, "mask_iterations": 5}
 
 @pytest.fixture(scope="module")
 def page(plain_model, mnist_images):
-    rep = scan_model(plain_model, mnist_images, options=SMALL)
+    rep = scan_model(plain_model, mnist_images, detectors=parse_detectors("+anp-probe", True), options=SMALL)
     return rep, render_html([rep])
 
 

@@ -201,8 +201,8 @@ def validate(model, data, split, layout, mean, std, device, attack, limit, min_a
 @data_options(required=False)
 @click.option("--n-clean", type=int, default=None, help="use this many clean images (seeded sample)")
 @click.option("--detectors", default=None,
-              help="comma-separated detectors (see --list); default: graph, mm-bd, neural-cleanse, anp-probe and "
-                   "bn-kl with --data, graph and mm-bd without")
+              help="comma-separated detectors (see --list), or +NAMES for the default plus those (+anp-probe,ban); "
+                   "default: graph, mm-bd, neural-cleanse and bn-kl with --data, graph and mm-bd without")
 @click.option("--param", "params", multiple=True, metavar="DETECTOR.KEY=VALUE",
               help="a detector option, e.g. --param neural-cleanse.steps=100 (repeatable)")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -225,10 +225,10 @@ def validate(model, data, split, layout, mean, std, device, attack, limit, min_a
 def scan(model, data, split, layout, mean, std, device, n_clean, detectors, params, seed, fmt, output, as_json,
          save_triggers, thresholds, fail_on, list_detectors):
     """Is MODEL (a file, or every .onnx file under a folder) backdoored? Graph hazards and MM-BD
-    without data; Neural Cleanse and ANP's probe too with --data. Exit 1 when a backdoor or a
+    without data; Neural Cleanse and BN statistics too with --data. Exit 1 when a backdoor or a
     hazard is found."""
     from ..audit.detectors import DETECTORS
-    from ..audit.scan import save_reversed_triggers, scan_model, scan_targets
+    from ..audit.scan import parse_detectors, save_reversed_triggers, scan_model, scan_targets
     from ..options import parse_assignments
 
     if list_detectors:
@@ -243,8 +243,8 @@ def scan(model, data, split, layout, mean, std, device, n_clean, detectors, para
         if not sep:
             raise click.UsageError(f"--param {key}={value}: name the detector, e.g. neural-cleanse.{key}={value}")
         options.setdefault(det, {})[opt] = value
-    names = tuple(n.strip() for n in detectors.split(",") if n.strip()) if detectors else None
     clean = None if data is None else load(data, split, n_clean, seed, defender=True)
+    names = parse_detectors(detectors, clean is not None)
     if save_triggers and (clean is None or (names is not None and "neural-cleanse" not in names)):
         raise click.UsageError("--save-triggers needs the neural-cleanse detector, which needs --data")
     files = scan_targets(model)

@@ -170,8 +170,10 @@ def test_repair_is_bit_identical_with_the_spec_stripped(tmp_path, with_and_witho
 def test_scan_is_bit_identical_with_the_spec_stripped(with_and_without_spec, mnist_images):
     from backdoor_audit.audit.scan import scan_model
 
-    opts = {"anp-probe": {"eps": "0.1,0.3", "probe_steps": 2, "mask_iterations": 4}, "neural-cleanse": {"steps": 10}}
-    reps = [scan_model(p, mnist_images, options=opts) for p in with_and_without_spec]
+    opts = {"anp-probe": {"eps": "0.1,0.3", "probe_steps": 2, "mask_iterations": 4}, "neural-cleanse": {"steps": 10},
+            "mm-bd": {"steps": 20}, "ban": {"mask_steps": 4, "noise_steps": 2}}
+    reps = [scan_model(p, mnist_images, detectors=tuple(opts) + ("graph", "bn-kl"), options=opts)
+            for p in with_and_without_spec]
     a, b = (json.loads(json.dumps(r.to_dict(), default=str)) for r in reps)
     for d in (a, b):
         d.pop("model"), d.pop("seconds"), d.pop("peak_rss_mb")

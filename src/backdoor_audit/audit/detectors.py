@@ -329,3 +329,6 @@ def detect_bn_kl(ctx: ScanContext, *, outlier: float, top: int) -> Detection:
     return Detection("bn-kl", score, outlier, flagged, None, findings,
                      [(n, i, round(z, 3)) for n, i, z in ranked[:top]],
                      evidence={"layers": per_layer, "images": int(len(ctx.x))})
+
+
+from . import ban as _ban  # noqa: E402,F401  (registers the "ban" detector)

@@ -153,6 +153,32 @@ def test_zip_of_folder_with_splits_and_cache(tmp_path):
     assert sorted(limited.y.tolist()) == [0, 1, 2]  # round-robin over classes
 
 
+def test_a_picked_sample_is_the_sample_of_the_whole_set_from_every_source(tmp_path):
+    from backdoor_audit.data.sample import sample
+
+    big8 = np.random.default_rng(1).integers(0, 256, size=(40, 8, 8, 3), dtype=np.uint8)
+    labels = np.arange(40) % 3
+    np.savez(tmp_path / "u8.npz", x=big8, y=labels)
+    np.savez(tmp_path / "f32.npz", x=big8.astype(np.float32), y=labels)  # floats in [0, 255]: judged whole
+    _write_folder(tmp_path / "src" / "ds" / "train", ext="bmp")
+    archive = tmp_path / "ds.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in sorted((tmp_path / "src").rglob("*.bmp")):
+            zf.write(f, f.relative_to(tmp_path / "src").as_posix())
+    cases = [(tmp_path / "u8.npz", {}), (tmp_path / "f32.npz", {}), (archive, {"split": "train"})]
+    for path, kw in cases:
+        whole = load_images(path, cache_dir=tmp_path / "cache", **kw)
+        for n, seed in ((7, 0), (7, 3), (2, 1), (None, 0), (500, 0)):
+            n = None if n is None else min(n, len(whole) - 1) if n < 500 else n
+            want = sample(whole, n, seed)
+            got = load_images(path, cache_dir=tmp_path / "cache", pick=(n, seed), **kw)  # the zip: from the cache
+            np.testing.assert_array_equal(got.x, want.x)
+            np.testing.assert_array_equal(got.y, want.y)
+            assert got.x.dtype == np.float32 and got.classes == whole.classes
+    with pytest.raises(DataError, match="positive"):
+        load_images(tmp_path / "u8.npz", pick=(0, 0))
+
+
 def test_demo_sample_loads():
     train = load_images(demo_sample_path(), split="train")
     test = load_images(demo_sample_path(), split="test")

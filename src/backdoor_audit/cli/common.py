@@ -80,10 +80,9 @@ def load(data, split, limit=None, seed=0, data_layout=None, defender=False):
     """Images from ``data``; ``defender`` (repair, scan) refuses the test split, which is
     evaluation data."""
     from ..data import load_defender_images, load_images
-    from ..data.sample import sample
 
     loader = load_defender_images if defender else load_images
-    return sample(loader(data, split=split, cache_dir=CACHE_DIR, layout=data_layout), limit, seed)
+    return loader(data, split=split, cache_dir=CACHE_DIR, layout=data_layout, pick=(limit, seed))
 
 
 def load_training(path):

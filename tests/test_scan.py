@@ -106,17 +106,18 @@ def test_plain_model_has_no_graph_findings(plain_model):
 
 def test_default_detectors_and_the_plus_form():
     assert parse_detectors(None, True) is None and parse_detectors(" ", False) is None
-    assert default_detectors(True) == ("graph", "mm-bd", "neural-cleanse", "bn-kl")
+    assert default_detectors(True) == ("graph", "neural-cleanse", "bn-kl")
     assert default_detectors(False) == ("graph", "mm-bd")
     assert parse_detectors("+anp-probe, ban,mm-bd", False) == ("graph", "mm-bd", "anp-probe", "ban")
+    assert parse_detectors("+mm-bd", True) == ("graph", "neural-cleanse", "bn-kl", "mm-bd")
     assert parse_detectors("graph, ban", True) == ("graph", "ban")
 
 
 def test_scan_report(plain_model, mnist_images):
-    rep = scan_model(plain_model, mnist_images, detectors=parse_detectors("+anp-probe", True),
+    rep = scan_model(plain_model, mnist_images, detectors=parse_detectors("+mm-bd,anp-probe", True),
                      options={"anp-probe": {"eps": "0.1,0.4", "probe_steps": 2, "mask_iterations": 5},
                               "neural-cleanse": {"steps": 20}, "mm-bd": {"steps": 20}})
-    assert [d.detector for d in rep.detections] == ["graph", "mm-bd", "neural-cleanse", "bn-kl", "anp-probe"]
+    assert [d.detector for d in rep.detections] == ["graph", "neural-cleanse", "bn-kl", "mm-bd", "anp-probe"]
     bnkl = rep.detection("bn-kl")  # the MNIST CNN has no BatchNorm: no score, and it says why
     assert bnkl.score is None and bnkl.flagged is None and "no BatchNormalization" in bnkl.evidence["reason"]
     probe = rep.detection("anp-probe")

@@ -35,7 +35,7 @@ SMALL = {"anp-probe": {"eps": "0.1,0.4", "probe_steps": 2, "mask_iterations": 5}
 
 @pytest.fixture(scope="module")
 def page(plain_model, mnist_images):
-    rep = scan_model(plain_model, mnist_images, detectors=parse_detectors("+anp-probe", True), options=SMALL)
+    rep = scan_model(plain_model, mnist_images, detectors=parse_detectors("+mm-bd,anp-probe", True), options=SMALL)
     return rep, render_html([rep])
 
 

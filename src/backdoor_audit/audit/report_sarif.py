@@ -38,6 +38,8 @@ RULES = {
                        "one class (ANP's probe)."),
     "bnkl.outlier-channel": ("BatchNormStatisticsOutlier", "A BatchNorm channel's clean statistics diverge far "
                              "from its stored (training) ones, as a backdoor neuron's do (EP/BNP)."),
+    "ban.noise-activated": ("NoiseActivatedBackdoor", "Under adversarial neuron noise, with the benign features "
+                            "masked out, the clean images go to one class (BAN): a backdoor target."),
     "masks.near-zero": ("NearZeroAnpMasks", "ANP's mask optimisation drives some neurons' masks to near zero."),
 }
 

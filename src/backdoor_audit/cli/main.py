@@ -201,8 +201,8 @@ def validate(model, data, split, layout, mean, std, device, attack, limit, min_a
 @data_options(required=False)
 @click.option("--n-clean", type=int, default=None, help="use this many clean images (seeded sample)")
 @click.option("--detectors", default=None,
-              help="comma-separated detectors (see --list), or +NAMES for the default plus those (+anp-probe,ban); "
-                   "default: graph, mm-bd, neural-cleanse and bn-kl with --data, graph and mm-bd without")
+              help="comma-separated detectors (see --list), or +NAMES for the default plus those (+mm-bd,ban); "
+                   "default: graph, neural-cleanse and bn-kl with --data, graph and mm-bd without")
 @click.option("--param", "params", multiple=True, metavar="DETECTOR.KEY=VALUE",
               help="a detector option, e.g. --param neural-cleanse.steps=100 (repeatable)")
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -93,7 +93,9 @@ def detect_graph(ctx: ScanContext) -> Detection:
 
 
 # ------------------------------------------------------------------ Neural Cleanse, clean data
-NC_OPTIONS = reverse_options()
+# 100 steps per class, not the repair's 300: the calibration's traces separate the MNIST zoo at 100 as at
+# 300, and CIFAR-10's BadNets from its clean models at 100 but not at 50 (docs/scan.md); a third of the cost
+NC_OPTIONS = reverse_options(steps=100, steps_source="ours: the zoo calibration's L1 traces (docs/scan.md)")
 
 
 @register_detector("neural-cleanse", summary="reverse-engineer the smallest trigger of every class; a class whose "

@@ -31,14 +31,13 @@ from ..graph.masks import batches
 ANOMALY_THRESHOLD = 2.0  # NC Sec. IV-C
 
 
-def reverse_options(prefix: str = "") -> list:
+def reverse_options(prefix: str = "", steps: int = 300, steps_source: str = "NC's code (Adam, lr 0.1)") -> list:
     """The options of NC's reverse engineering, shared by the detector and the repair (which names
     the first two ``re_steps``, ``re_batch_size``)."""
     from ..options import Option
 
     return [
-        Option(f"{prefix}steps", int, 300, "optimisation steps of each class's trigger", "NC's code (Adam, lr 0.1)",
-               minimum=1),
+        Option(f"{prefix}steps", int, steps, "optimisation steps of each class's trigger", steps_source, minimum=1),
         Option(f"{prefix}batch_size", int, 128, "images per reverse-engineering step", minimum=1),
         Option("init_cost", float, 1e-3, "initial weight of the mask's L1 norm", "NC's code", minimum=0),
         Option("anomaly", float, ANOMALY_THRESHOLD, "flag a class whose anomaly index exceeds this", "NC Sec. IV-C",

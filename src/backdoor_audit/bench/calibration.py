@@ -146,9 +146,9 @@ def nc_stopped_at(row: dict, check: int) -> tuple[float, int] | None:
 
     ev = row["detectors"].get("neural-cleanse", {}).get("evidence", {})
     traces = ev.get("l1_trace")
-    if not traces or any(t is None for t in traces):
-        return None
-    norms = np.array([t[min(check, len(t) - 1)] for t in traces])
+    if not traces or any(t is None or len(t) <= check for t in traces):
+        return None  # no traces, or a run shorter than that: not judged on a run it did not have
+    norms = np.array([t[check] for t in traces])
     index = anomaly_index(norms)
     return float(index.max()), int(index.argmax())
 
@@ -164,8 +164,7 @@ def nc_at_steps(rows: list[dict], steps: int, period: int = 10) -> list[dict]:
         if det is None:
             out.append(r)
             continue
-        traces = det.get("evidence", {}).get("l1_trace") or []
-        judged = nc_stopped_at(r, check) if traces and min(len(t) for t in traces) > check else None
+        judged = nc_stopped_at(r, check)
         others = {k: v for k, v in r["detectors"].items() if k != "neural-cleanse"}
         if judged is not None:
             score, top = judged

@@ -314,3 +314,14 @@ def test_repair_rescan_reports_whether_the_signature_is_gone(tmp_path, tiny_back
     assert r["decided_by"] == "mm-bd" and mm["top_class"] == 0 and mm["score"] > neg_log10(0.05)
     direct = scan_model(tmp_path / "o.onnx", detectors=("graph", "mm-bd"))
     assert r["verdict"] == direct.verdict and mm["threshold"] == direct.detection("mm-bd").threshold
+
+
+def test_the_console_summary_names_each_detectors_evidence(plain_model, mnist_images, tmp_path):
+    data = tmp_path / "d.npz"
+    np.savez(data, x=(mnist_images.x[:, 0] * 255).astype(np.uint8), y=mnist_images.y)
+    res = CliRunner().invoke(main, ["scan", str(plain_model), "--data", str(data), "--detectors", "mm-bd,ban",
+                                    "--param", "mm-bd.steps=3", "--param", "ban.mask_steps=2",
+                                    "--param", "ban.noise_steps=1"])
+    assert res.exit_code in (0, 1), res.output + res.stderr
+    assert "mm-bd (" in res.output and "order-statistic p = " in res.output
+    assert "ban (" in res.output and "with the benign features masked out" in res.output

@@ -314,6 +314,14 @@ def _detection_line(d) -> str:
         pts = ", ".join(f"eps {p.eps:.2f}: {p.error_rate:.0%} errors, {p.top_share:.0%} to class {p.top_class}"
                         for p in d.evidence["probe"])
         return f"{pts}; {d.evidence['masks_below_threshold']} of {d.evidence['units']} masks below threshold"
+    if d.detector == "mm-bd":
+        return (f"largest margin class {d.evidence['top_class']}, order-statistic p = {d.evidence['p_value']:.2g} "
+                f"(flag at p <= {d.options['p_value']:.2g})")
+    if d.detector == "ban":
+        ev = d.evidence
+        return (f"under noise (eps {d.options['eps']}) with the benign features masked out, {d.score:.0%} of the other "
+                f"classes' images go to class {ev['top_class']} (flag >= {d.threshold}); accuracy "
+                f"{ev['accuracy_noise_negative']:.0%} (noise alone {ev['accuracy_noise']:.0%})")
     if d.detector == "bn-kl":
         if d.score is None:
             return d.evidence["reason"]

@@ -142,13 +142,14 @@ def _margin(logits: torch.Tensor, t: int) -> torch.Tensor:
     return logits[:, t] - others.max(1).values
 
 
-def max_margins(ctx: ScanContext, images: int, steps: int, lr: float, batch: int = 256) -> np.ndarray:
+def max_margins(ctx: ScanContext, images: int, steps: int, lr: float, batch: int = 64) -> np.ndarray:
     """Per class, the largest logit margin (class logit minus the best other) that synthetic pixels
     in [0, 1] reach by gradient ascent: a backdoor's target class reaches a far larger one.
 
     Each class's images ascend their own margin and stop when their summed loss settles; the
     classes run side by side, as many per forward pass as fit in ``batch`` images (an image's
-    gradient depends on itself alone: the executor runs BN on its stored statistics)."""
+    gradient depends on itself alone: the executor runs BN on its stored statistics). 64 images,
+    two classes of 30: at 256 a MobileNetV2 scan peaked at 3.7 GB of activations."""
     ex = ctx.model.executor
     ex.requires_grad_weights(False)
     gen = torch.Generator().manual_seed(ctx.seed)

@@ -33,10 +33,12 @@ import torch.nn.functional as F
 
 from ..errors import SpecError
 from ..graph.masks import batches, conv_statistics
+from ..graph.model import predict
 from ..graph.modulate import Modulation
 from ..options import Option
 from .detectors import Detection, ScanContext, register_detector
 from .hazards import Finding
+from .probe import noise_ascent
 
 OPTIONS = [
     Option("eps", float, 0.3, "neuron noise budget (uniform start in [-eps, eps])", "BAN README (--eps 0.3)",
@@ -80,11 +82,6 @@ def _top_share(pred: np.ndarray, y: np.ndarray, num_classes: int) -> tuple[float
         shares.append(float((pred[other] == c).mean()) if other.any() else 0.0)
     top = int(np.argmax(shares))
     return shares[top], top, [round(s, 4) for s in shares]
-
-
-def _predict(ex, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
-    with torch.no_grad():
-        return torch.cat([ex(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]).cpu().numpy()
 
 
 @register_detector("ban", summary="adversarial neuron noise with the classifier's benign features masked out: a "
@@ -132,22 +129,11 @@ def detect_ban(ctx: ScanContext, *, eps: float, noise_steps: int, mask_lambda: f
             with torch.no_grad():
                 mod.delta.uniform_(-eps, eps, generator=torch.Generator(device=mod.delta.device).manual_seed(ctx.seed))
                 mod.xi.uniform_(-eps, eps, generator=torch.Generator(device=mod.delta.device).manual_seed(ctx.seed + 1))
-            for _ in range(noise_steps):
-                mod.delta.requires_grad_(True)
-                mod.xi.requires_grad_(True)
-                g_d, g_x = torch.zeros_like(mod.delta), torch.zeros_like(mod.xi)
-                for i in range(0, len(x), 250):
-                    a, b = mod.perturbation_grads(F.cross_entropy(ex(x[i:i + 250]), y[i:i + 250], reduction="sum"))
-                    g_d += a
-                    g_x += b
-                mod.delta.requires_grad_(False)
-                mod.xi.requires_grad_(False)
-                mod.signed_step(g_d, g_x, eps / noise_steps, None)
-                if bar:
-                    bar.update(1)
-            plain = _predict(ex, x)
+            noise_ascent(mod, ex, x, y, steps=noise_steps, step=eps / noise_steps, bound=None,
+                         callback=(lambda: bar.update(1)) if bar else None)
+            plain = predict(ex, x).argmax(1).cpu().numpy()
             gate["m"] = 1 - m
-            negative = _predict(ex, x)
+            negative = predict(ex, x).argmax(1).cpu().numpy()
     finally:
         ex.set_modulator(node, slot, None)
         if bar:

@@ -43,26 +43,34 @@ def perturbation_probe(ex: OnnxExecutor, inventory: NeuronInventory, x: torch.Te
             with torch.no_grad():
                 mod.delta.uniform_(-eps, eps, generator=gen)
                 mod.xi.uniform_(-eps, eps, generator=gen)
-            step = 2.5 * eps / max(steps, 1)
-            for _ in range(steps):
-                mod.delta.requires_grad_(True)
-                mod.xi.requires_grad_(True)
-                g_d = torch.zeros_like(mod.delta)
-                g_x = torch.zeros_like(mod.xi)
-                for i in range(0, len(x), batch_size):
-                    loss = F.cross_entropy(ex(x[i:i + batch_size]), y[i:i + batch_size], reduction="sum")
-                    a, b = mod.perturbation_grads(loss)
-                    g_d += a
-                    g_x += b
-                mod.delta.requires_grad_(False)
-                mod.xi.requires_grad_(False)
-                mod.signed_step(g_d, g_x, step, eps)
-                if callback is not None:
-                    callback()
+            noise_ascent(mod, ex, x, y, steps=steps, step=2.5 * eps / max(steps, 1), bound=eps,
+                         batch_size=batch_size, callback=callback)
             with torch.no_grad():
                 pred = torch.cat([ex(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
             points.append(_summarise(eps, pred.cpu().numpy(), y.cpu().numpy(), num_classes))
     return points
+
+
+def noise_ascent(mod: Modulation, ex: OnnxExecutor, x: torch.Tensor, y: torch.Tensor, *, steps: int, step: float,
+                 bound: float | None, batch_size: int = 250, callback=None) -> None:
+    """``steps`` signed-gradient steps of ``mod``'s installed, switched-on perturbation (delta, xi)
+    that raise the clean loss summed over all of ``x``; projected onto [-bound, bound] after each
+    step, or left unbounded with ``bound=None``."""
+    for _ in range(steps):
+        mod.delta.requires_grad_(True)
+        mod.xi.requires_grad_(True)
+        g_d = torch.zeros_like(mod.delta)
+        g_x = torch.zeros_like(mod.xi)
+        for i in range(0, len(x), batch_size):
+            loss = F.cross_entropy(ex(x[i:i + batch_size]), y[i:i + batch_size], reduction="sum")
+            a, b = mod.perturbation_grads(loss)
+            g_d += a
+            g_x += b
+        mod.delta.requires_grad_(False)
+        mod.xi.requires_grad_(False)
+        mod.signed_step(g_d, g_x, step, bound)
+        if callback is not None:
+            callback()
 
 
 def _summarise(eps: float, pred: np.ndarray, y: np.ndarray, num_classes: int) -> ProbePoint:

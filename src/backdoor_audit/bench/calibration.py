@@ -201,10 +201,13 @@ OPTION_OF = {
 }
 
 
-def thresholds_doc(fits: list[DetectorFit], *, fitted_on: str, command: str, previous: dict | None = None) -> dict:
+def thresholds_doc(fits: list[DetectorFit], *, fitted_on: str, command: str, previous: dict | None = None,
+                   nc_steps: int | None = None) -> dict:
     """The shipped thresholds (``assets/scan-thresholds.json``): per detector the option its fitted
     threshold sets, from the fit over every set's calibration split, with what it was fitted on
-    and by which command. The detectors of ``previous`` that this fit does not cover are kept."""
+    and by which command. The detectors of ``previous`` that this fit does not cover are kept.
+    ``nc_steps``: the run length Neural Cleanse's scores were judged at (``nc_at_steps``), recorded
+    with its entry."""
     out = {"detectors": dict((previous or {}).get("detectors", {}))}
     for f in fits:
         if f.scope != "all" or f.threshold is None or f.detector not in OPTION_OF:
@@ -214,4 +217,8 @@ def thresholds_doc(fits: list[DetectorFit], *, fitted_on: str, command: str, pre
             "option": option, "value": float(f"{convert(f.threshold):.4g}"), "score_threshold": f.threshold,
             "paper_value": float(f"{convert(f.paper_threshold):.4g}") if f.paper_threshold is not None else None,
             "calibration": f.calibration, "held_out": f.held_out, "fitted_on": fitted_on, "command": command}
+        if f.detector == "neural-cleanse" and nc_steps is not None:  # its scores were judged at that run length
+            out["detectors"][f.detector]["steps"] = nc_steps
+            out["detectors"][f.detector]["fitted_on"] += (f" (each class's run judged at {nc_steps} steps, "
+                                                          "from the L1 traces)")
     return out

@@ -154,11 +154,7 @@ def scan(zoo_dirs, n_clean, no_data, only, folded, detectors, params, results, o
         previous = json.loads(Path(write_thresholds).read_text()) if Path(write_thresholds).is_file() else None
         doc = thresholds_doc(fits, fitted_on=f"{len(cal)} zoo scans of the calibration split "
                              f"({n_clean} clean images each): {', '.join(cal)}",
-                             command="audit " + " ".join(sys.argv[1:]), previous=previous)
-        nc = doc["detectors"].get("neural-cleanse")
-        if nc_steps is not None and nc is not None and "neural-cleanse" in {f.detector for f in fits}:
-            nc["steps"] = nc_steps  # the run length its scores were judged at
-            nc["fitted_on"] += f" (each class's run judged at {nc_steps} steps, from the L1 traces)"
+                             command="audit " + " ".join(sys.argv[1:]), previous=previous, nc_steps=nc_steps)
         atomic_write_bytes(write_thresholds, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
         click.echo(f"wrote the fitted thresholds to {write_thresholds}")
     ok = sum(r["status"] == "ok" for r in rows)

@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import DataError
 from ..util import atomic_output, sha256_file
 from .images import UNLABELED, ImageSet
+from .sample import sample, sample_indices
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 SPLIT_NAMES = ("train", "test", "val", "valid", "validation")
@@ -45,8 +46,6 @@ def load_images(
     float32: a 500-image sample of CIFAR-10's training split then holds 6 MB of floats, not 614.
     """
     images = _load(path, split, layout, limit, cache_dir, pick)
-    from .sample import sample
-
     return images if pick is None else sample(images, *pick)
 
 
@@ -88,8 +87,6 @@ def _picked(x: np.ndarray, y: np.ndarray, pick: tuple[int | None, int] | None, s
     converted whole: whether they are in [0, 1] or [0, 255] is judged on all of them)."""
     if pick is None or not np.issubdtype(x.dtype, np.integer):
         return x, y
-    from .sample import sample_indices
-
     idx = sample_indices(len(x), pick[0], pick[1], source)
     return (x, y) if idx is None else (x[idx], y[idx])
 

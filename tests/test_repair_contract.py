@@ -159,6 +159,27 @@ def test_peak_memory_on_linux_macos_and_windows(monkeypatch):
     assert util.peak_rss_mb() == 2048.0
 
 
+def test_a_section_peak_is_its_own_and_the_process_peak_survives_the_reset():
+    """Each detector's peak memory is measured by resetting Linux's high-water mark; the mark from
+    before the reset still counts in the process's peak (ru_maxrss itself falls with the reset)."""
+    code = ("import numpy as np\n"
+            "from backdoor_audit.util import peak_rss_mb, section_peak\n"
+            "with section_peak() as big:\n"
+            "    a = np.ones(400 * 2**20 // 8); del a\n"
+            "with section_peak() as small:\n"
+            "    b = np.ones(2**20 // 8); del b\n"
+            "print(big.own, big.mb, small.mb, peak_rss_mb())")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    own, big, small, whole = res.stdout.split()
+    big, small, whole = float(big), float(small), float(whole)
+    assert big >= 400 and whole >= big
+    if own == "True":  # Linux with /proc/self/clear_refs: the second block's peak is its own
+        assert small < big - 300
+    else:
+        assert small == whole
+
+
 def test_the_package_imports_without_the_resource_module():
     """Windows has no `resource`; importing the repair code and the CLI must not need it."""
     code = ("import sys; sys.modules['resource'] = None\n"

@@ -72,18 +72,63 @@ def first_line(exc: BaseException | None) -> str:
     return text.splitlines()[0].strip() if text else type(exc).__name__
 
 
+_PEAK_BEFORE_RESET = 0.0  # the process's peak when ``section_peak`` last reset the kernel's high-water mark
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process in MiB; NaN where the platform does not say.
 
     ``getrusage`` gives kilobytes on Linux and bytes on macOS; Windows has no ``resource`` module,
-    so its peak working set is asked of the OS through ctypes instead.
+    so its peak working set is asked of the OS through ctypes instead. On Linux the kernel's mark
+    can be reset by ``section_peak`` (which also lowers ``ru_maxrss``); the peak from before the
+    last reset is kept here, so this stays the whole process's peak.
     """
     try:
         import resource
     except ImportError:
         return _windows_peak_mb()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
+    return max(_PEAK_BEFORE_RESET, peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0)
+
+
+def _vm_hwm_mb() -> float | None:
+    """Linux's high-water mark of this process's resident memory (VmHWM), in MiB."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+class section_peak:  # noqa: N801 (used as a context manager, like a function)
+    """The peak resident memory (MiB) reached inside a ``with`` block: ``.mb`` after the block.
+
+    On Linux the kernel's high-water mark is reset at the start (``/proc/self/clear_refs``, "5"),
+    so ``.mb`` is the block's own peak, not an earlier phase's. Where that cannot be done it is the
+    process's peak so far, and ``.own`` is False, so a report can say which it is.
+    """
+
+    def __enter__(self) -> section_peak:
+        global _PEAK_BEFORE_RESET
+        before = peak_rss_mb()
+        self.own = False
+        try:
+            with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+                fh.write("5")
+            self.own = _vm_hwm_mb() is not None
+        except OSError:
+            pass
+        if self.own:
+            _PEAK_BEFORE_RESET = max(_PEAK_BEFORE_RESET, before)
+        self.mb = float("nan")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        hwm = _vm_hwm_mb() if self.own else None
+        self.mb = hwm if hwm is not None else peak_rss_mb()
 
 
 def _windows_peak_mb() -> float:

@@ -20,6 +20,7 @@ from ..errors import SpecError
 from ..graph.masks import optimize_masks
 from ..graph.model import OpenedModel
 from ..options import Option, Registry
+from ..util import section_peak
 from .hazards import Finding, graph_hazards
 from .probe import perturbation_probe
 from .trigger import anomaly_index, reverse_all, reverse_options
@@ -66,6 +67,7 @@ class Detection:
     evidence: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
     seconds: float = 0.0
+    peak_mb: float = float("nan")  # resident memory peak while this detector ran (MiB)
     artifacts: dict = field(default_factory=dict)  # arrays for files and plots (reversed triggers), not in JSON
 
 
@@ -75,8 +77,9 @@ def run_detector(name: str, ctx: ScanContext, given: dict | None = None) -> Dete
         raise SpecError(f"detector {name} needs labeled clean images (--data)")
     opts = entry.resolve(given)
     t0 = time.perf_counter()
-    det = entry.run(ctx, **opts)
-    det.options, det.seconds = opts, time.perf_counter() - t0
+    with section_peak() as mem:
+        det = entry.run(ctx, **opts)
+    det.options, det.seconds, det.peak_mb = opts, time.perf_counter() - t0, mem.mb
     return det
 
 

@@ -127,9 +127,9 @@ def _model_section(rep: ScanReport) -> str:
            f"<p>{'decided by <b>' + html.escape(rep.decided_by) + '</b>: ' if rep.decided_by else ''}"
            f"{html.escape(rep.reason)} ({rep.seconds:.1f} s; {rep.n_clean} clean images)</p>",
            "<table><tr><th>detector</th><th>score</th><th>threshold</th><th>flagged</th><th>target</th>"
-           "<th>seconds</th></tr>",
+           "<th>seconds</th><th>peak MB</th></tr>",
            _rows((html.escape(d.detector), _fmt(d.score), _fmt(d.threshold), _fmt(d.flagged), _fmt(d.target),
-                  f"{d.seconds:.1f}") for d in rep.detections), "</table>"]
+                  f"{d.seconds:.1f}", f"{d.peak_mb:.0f}") for d in rep.detections), "</table>"]
     if rep.findings:
         out += ["<h3>Findings</h3><table><tr><th>severity</th><th>id</th><th>message</th></tr>",
                 _rows((f'<span class="{html.escape(f.severity)}">{html.escape(f.severity)}</span>',

@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from backdoor_audit.cli import main
-from backdoor_audit.bench.calibration import (assign_splits, auroc, fit_detector, fit_threshold, nc_at_steps,
-                                             thresholds_doc)
+from backdoor_audit.bench.calibration import (VERDICT, assign_splits, auroc, calibrate, fit_detector, fit_threshold,
+                                             judge_shipped, nc_at_steps, thresholds_doc, verdict_rows)
 
 
 def test_auroc_counts_ties_half_and_needs_both_sides():
@@ -46,6 +46,32 @@ def test_split_alternates_within_each_group_and_the_fit_is_judged_on_the_other_h
     h = fit.held_out
     assert h["n_clean"] == 2 and h["n_backdoored"] == 2 and h["auroc"] == 1.0 and h["fpr"] == 0.0
     assert h["tpr"] == 1.0 and h["target_right"] == 1.0  # held out: badnets-t1 and -t3, tops 1 and 3
+
+
+def _two(model, attack, nc, mm, nc_top=0, mm_top=0, target=0):
+    """A row scored by both weight detectors (MM-BD's score straight, no p-value in its evidence)."""
+    r = _row(model, attack, nc, nc_top, target)
+    r["detectors"] = {"neural-cleanse": {"score": nc, "threshold": 2.0, "top_class": nc_top},
+                      "mm-bd": {"score": mm, "threshold": 1.3, "top_class": mm_top}}
+    return r
+
+
+def test_the_verdict_rule_is_judged_as_one_detector_with_each_detectors_threshold():
+    """The scan's verdict with data flags a model when NC or MM-BD is over its own threshold and
+    names the class of the one further over it; the bench scores it as max(score / threshold)."""
+    rows = [_two("mnist/clean-s0", "clean", 2.0, 2.0), _two("mnist/clean-s1", "clean", 1.0, 3.0),
+            _two("mnist/ia-t0-s0", "input-aware", 1.0, 20.0, nc_top=6, mm_top=0),  # NC misses, MM-BD names 0
+            _two("mnist/sig-t0-s0", "sig", 5.0, 1.0, nc_top=0, mm_top=4)]  # NC alone
+    judged = {r["model"]: r["detectors"][VERDICT] for r in verdict_rows(rows, {"neural-cleanse": 4.0, "mm-bd": 10.0})}
+    assert judged["mnist/ia-t0-s0"] == {"score": 2.0, "top_class": 0, "threshold": 1.0}
+    assert judged["mnist/sig-t0-s0"]["score"] == 1.25 and judged["mnist/sig-t0-s0"]["top_class"] == 0
+    assert judged["mnist/clean-s0"]["score"] == 0.5 and judged["mnist/clean-s1"]["score"] == 0.3
+    (_, _, nc), (_, _, mm), (name, cut, both) = judge_shipped(rows, {"neural-cleanse": 4.0, "mm-bd": 10.0})
+    assert nc["tpr"] == 0.5 and mm["tpr"] == 0.5 and nc["fpr"] == mm["fpr"] == 0.0
+    assert (name, cut) == (VERDICT, 1.0) and both["tpr"] == 1.0 and both["fpr"] == 0.0 and both["auroc"] == 1.0
+    assert both["target_right"] == 1.0
+    fits = calibrate(rows, ["neural-cleanse", "mm-bd"])  # fitted on the calibration split, then combined
+    assert [f.detector for f in fits] == ["neural-cleanse", "mm-bd", VERDICT] and fits[-1].threshold == 1.0
 
 
 def test_nc_judged_at_fewer_steps_from_its_traces_and_never_on_a_run_it_did_not_have():
@@ -95,6 +121,7 @@ def test_bench_scan_runs_resumes_and_reports_the_held_out_split(tmp_path, tiny_b
     assert {r["model"] for r in rows} == {"mnist/badnets-t0-s0", "mnist/badnets-t0-s1", "mnist/clean-s0",
                                           "mnist/clean-s1"}
     assert all(set(r["detectors"]) == {"mm-bd", "neural-cleanse"} and r["peak_mb"] > 0 for r in rows)
+    assert all(0 < d["peak_mb"] <= r["peak_mb"] for r in rows for d in r["detectors"].values())
     doc = json.loads(out.with_suffix(".json").read_text())
     nc = next(f for f in doc["calibration"] if f["detector"] == "neural-cleanse")
     assert nc["calibration"] == {"n_clean": 1, "n_backdoored": 1, "auroc": 1.0}  # the tiny pair is told apart

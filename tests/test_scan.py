@@ -11,9 +11,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from backdoor_audit.audit.detectors import neg_log10
-from backdoor_audit.audit.hazards import graph_hazards
-from backdoor_audit.audit.scan import default_detectors, parse_detectors, scan_model
+from backdoor_audit.audit.detectors import Detection, neg_log10
+from backdoor_audit.audit.hazards import Finding, graph_hazards
+from backdoor_audit.audit.scan import decide, default_detectors, parse_detectors, scan_model
 from backdoor_audit.cli import main
 from backdoor_audit.models import build_model
 
@@ -106,18 +106,39 @@ def test_plain_model_has_no_graph_findings(plain_model):
 
 def test_default_detectors_and_the_plus_form():
     assert parse_detectors(None, True) is None and parse_detectors(" ", False) is None
-    assert default_detectors(True) == ("graph", "neural-cleanse", "bn-kl")
+    assert default_detectors(True) == ("graph", "neural-cleanse", "mm-bd", "bn-kl")
     assert default_detectors(False) == ("graph", "mm-bd")
     assert parse_detectors("+anp-probe, ban,mm-bd", False) == ("graph", "mm-bd", "anp-probe", "ban")
-    assert parse_detectors("+mm-bd", True) == ("graph", "neural-cleanse", "bn-kl", "mm-bd")
+    assert parse_detectors("+anp-probe", True) == ("graph", "neural-cleanse", "mm-bd", "bn-kl", "anp-probe")
     assert parse_detectors("graph, ban", True) == ("graph", "ban")
 
 
+def _det(name, score, threshold, target):
+    flagged = score > threshold
+    findings = [Finding(f"{name}.x", "high", f"{name} points at class {target}", {})] if flagged else []
+    ev = {"p_value": 10.0 ** -score} if name == "mm-bd" else {}
+    opts = {"p_value": 10.0 ** -threshold} if name == "mm-bd" else {"anomaly": threshold}
+    return Detection(name, score, threshold, flagged, target if flagged else None, findings, evidence=ev, options=opts)
+
+
+def test_the_verdict_takes_either_weight_detector_and_the_target_of_the_one_further_over():
+    """NC and MM-BD each judge; a model either flags is suspected (on the CIFAR-10 zoo NC misses
+    input-aware, which MM-BD names), the target from the detector furthest over its threshold."""
+    nc_miss, mm_hit = _det("neural-cleanse", 1.16, 2.97, 6), _det("mm-bd", 8.9, 3.45, 0)
+    assert decide([nc_miss, mm_hit])[:3] == ("backdoor suspected", 0, "mm-bd")
+    nc_far, mm_near = _det("neural-cleanse", 9.0, 2.97, 0), _det("mm-bd", 4.0, 3.45, 4)
+    assert decide([mm_near, nc_far])[:3] == ("backdoor suspected", 0, "neural-cleanse")
+    verdict, target, by, reason = decide([_det("neural-cleanse", 1.0, 2.97, 3), _det("mm-bd", 1.0, 3.45, 3)])
+    assert (verdict, target, by) == ("no backdoor found", None, "neural-cleanse, mm-bd")
+    assert "anomaly index" in reason and "p = " in reason
+    assert decide([_det("mm-bd", 1.0, 3.45, 3)])[:3] == ("no backdoor found", None, "mm-bd")  # no data: MM-BD alone
+
+
 def test_scan_report(plain_model, mnist_images):
-    rep = scan_model(plain_model, mnist_images, detectors=parse_detectors("+mm-bd,anp-probe", True),
+    rep = scan_model(plain_model, mnist_images, detectors=parse_detectors("+anp-probe", True),
                      options={"anp-probe": {"eps": "0.1,0.4", "probe_steps": 2, "mask_iterations": 5},
                               "neural-cleanse": {"steps": 20}, "mm-bd": {"steps": 20}})
-    assert [d.detector for d in rep.detections] == ["graph", "neural-cleanse", "bn-kl", "mm-bd", "anp-probe"]
+    assert [d.detector for d in rep.detections] == ["graph", "neural-cleanse", "mm-bd", "bn-kl", "anp-probe"]
     bnkl = rep.detection("bn-kl")  # the MNIST CNN has no BatchNorm: no score, and it says why
     assert bnkl.score is None and bnkl.flagged is None and "no BatchNormalization" in bnkl.evidence["reason"]
     probe = rep.detection("anp-probe")
@@ -128,7 +149,13 @@ def test_scan_report(plain_model, mnist_images):
     assert probe.evidence["units"] == 560 and len(probe.neurons) == 10
     nc = rep.detection("neural-cleanse")
     assert len(nc.evidence["anomaly_index"]) == 10 and len(nc.artifacts["triggers"]) == 10
-    assert rep.decided_by == "neural-cleanse" and rep.verdict in ("backdoor suspected", "no backdoor found")
+    if rep.verdict == "backdoor suspected":  # by the weight detector furthest over its threshold
+        d = rep.detection(rep.decided_by)
+        assert d.flagged and all(d.score / d.threshold >= o.score / o.threshold
+                                 for o in rep.detections if o.detector in ("neural-cleanse", "mm-bd") and o.flagged)
+    else:  # cleared only by both
+        assert rep.verdict == "no backdoor found" and rep.decided_by == "neural-cleanse, mm-bd"
+    assert all(d.peak_mb > 0 for d in rep.detections)
     assert "triggers" not in json.dumps(rep.to_dict(), default=str)
 
 

@@ -9,12 +9,16 @@ The verdict (docs/scan.md), in this order:
    graph or file hazards, foreign or code-running operators, unsafe external data, do not make a
    backdoor verdict but exit 1 on their own; with unsafe external data nothing it points at is
    read and the verdict is "inconclusive");
-2. Neural Cleanse, when it ran: a class over its anomaly threshold (the paper's 2) is the
-   suspected target, "backdoor suspected"; no such class: "no backdoor found";
-3. otherwise MM-BD, when it ran: the same with its order-statistic p-value (0.05, the authors');
-4. otherwise ANP's probe, when it ran and could judge (it is evidence beside NC, not a verdict of
+2. the weight detectors that ran, Neural Cleanse (anomaly index of the classes' trigger norms)
+   and MM-BD (order-statistic p-value of the classes' maximum margins): if either is over its
+   threshold, "backdoor suspected", with the target class of the one furthest over its own
+   threshold (score / threshold); if all that ran are under, "no backdoor found". Either one
+   alone, not NC first: on the CIFAR-10 zoo NC misses the input-aware backdoor (index 1.16) that
+   MM-BD names (p 1.2e-9, class 0), and neither flags a clean model of the MNIST or CIFAR-10 zoo
+   at its shipped threshold (docs/scan.md);
+3. otherwise ANP's probe, when it ran and could judge (it is evidence beside NC, not a verdict of
    its own, when both ran: on CIFAR-10 it flags clean models too);
-5. otherwise "inconclusive": the scan never calls a model clean that it could not judge.
+4. otherwise "inconclusive": the scan never calls a model clean that it could not judge.
 The thresholds are those the zoo calibration fitted on its calibration split and the package ships
 (``assets/scan-thresholds.json``, written by `audit bench scan --write-thresholds`; docs/scan.md
 says on what), for the detectors it covers; the papers' defaults otherwise, or with
@@ -40,10 +44,11 @@ from .detectors import DETECTORS, Detection, ScanContext, run_detector
 from .hazards import Finding, external_data
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
-# With data Neural Cleanse decides the verdict, so MM-BD (the data-free score, 34 s per MNIST and
-# 258 s per CIFAR-10 file) would only add evidence there; the ANP probe and BAN separate nothing on
-# the zoo (docs/scan.md). `--detectors +mm-bd,anp-probe` adds them to the default.
-WITH_DATA = ("graph", "neural-cleanse", "bn-kl")
+# With data NC and MM-BD both judge (either flags: step 2 above); a CIFAR-10 scan with both is 213 s on
+# 2 cores (NC 125 s, MM-BD 85 s). The ANP probe and BAN separate nothing on the zoo (docs/scan.md):
+# `--detectors +anp-probe,ban` adds them to the default.
+WEIGHT_DETECTORS = ("neural-cleanse", "mm-bd")
+WITH_DATA = ("graph", "neural-cleanse", "mm-bd", "bn-kl")
 WITHOUT_DATA = ("graph", "mm-bd")
 
 
@@ -214,6 +219,12 @@ CLEARED = {
 }
 
 
+def over_threshold(d: Detection) -> float:
+    """How far a detection is over its threshold, comparable across detectors: score / threshold
+    (both detectors' thresholds are positive: an anomaly index, a -log10 p)."""
+    return d.score / d.threshold if d.score is not None and d.threshold else float("-inf")
+
+
 def decide(results: list[Detection]) -> tuple[str, int | None, str | None, str]:
     """(verdict, suspected target, deciding detector, one-line reason) from the detections."""
     by = {d.detector: d for d in results}
@@ -221,12 +232,14 @@ def decide(results: list[Detection]) -> tuple[str, int | None, str | None, str]:
     branch = [f for f in graph.findings if f.id == "graph.trigger-branch"] if graph is not None else []
     if branch:
         return "backdoor suspected", None, "graph", branch[0].message
-    for name in ("neural-cleanse", "mm-bd"):  # the first that ran decides
-        d = by.get(name)
-        if d is not None:
-            if d.flagged:
-                return "backdoor suspected", d.target, name, d.findings[0].message
-            return "no backdoor found", None, name, CLEARED[name](d)
+    ran = [by[name] for name in WEIGHT_DETECTORS if name in by]
+    flagged = [d for d in ran if d.flagged]
+    if flagged:  # the detector furthest over its own threshold names the target
+        d = max(flagged, key=over_threshold)
+        return "backdoor suspected", d.target, d.detector, d.findings[0].message
+    if ran:
+        return ("no backdoor found", None, ", ".join(d.detector for d in ran),
+                "; ".join(CLEARED[d.detector](d) for d in ran))
     probe = by.get("anp-probe")
     if probe is not None and probe.flagged is not None:
         if probe.flagged:

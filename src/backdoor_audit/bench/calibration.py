@@ -106,16 +106,24 @@ def _paper_threshold(rows: list[dict], detector: str) -> float | None:
     return next((r["detectors"][detector]["threshold"] for r in rows if detector in r["detectors"]), None)
 
 
-def fit_detector(rows: list[dict], detector: str, scope: str = "all") -> DetectorFit:
-    """Fit ``detector``'s threshold on the calibration split of ``rows`` and judge it on the other."""
+def fit_detector(rows: list[dict], detector: str, scope: str = "all", threshold: float | None = None) -> DetectorFit:
+    """Fit ``detector``'s threshold on the calibration split of ``rows`` (or take ``threshold``) and
+    judge it on the other."""
     split = assign_splits(rows)
     cal = [r for r in rows if split[r["model"]] == "calibration"]
     held = [r for r in rows if split[r["model"]] == "held-out"]
     pos, neg, _, s = _scores(cal, detector)
-    threshold = fit_threshold(s(pos), s(neg))
+    if threshold is None:
+        threshold = fit_threshold(s(pos), s(neg))
     paper = _paper_threshold(rows, detector)
     calibration = {"n_clean": len(neg), "n_backdoored": len(pos), "auroc": auroc(s(pos), s(neg))}
-    hp, hn, ha, s = _scores(held, detector)
+    return DetectorFit(detector, scope, threshold, paper, calibration, judge(held, detector, threshold))
+
+
+def judge(rows: list[dict], detector: str, threshold: float | None) -> dict:
+    """``detector`` on ``rows`` at ``threshold``: AUROC, TPR and FPR, all-to-all models flagged, and
+    how often its top class is the target of an all-to-one model."""
+    hp, hn, ha, s = _scores(rows, detector)
     out = {"n_clean": len(hn), "n_backdoored": len(hp), "auroc": auroc(s(hp), s(hn))}
     if threshold is not None:
         out["tpr"] = float(np.mean([v > threshold for v in s(hp)])) if hp else None
@@ -124,17 +132,63 @@ def fit_detector(rows: list[dict], detector: str, scope: str = "all") -> Detecto
     tops = [(r["detectors"][detector].get("top_class"), r["target"]) for r in hp]
     right = [top == target for top, target in tops if top is not None]  # bn-kl names no class
     out["target_right"] = float(np.mean(right)) if right else None
-    return DetectorFit(detector, scope, threshold, paper, calibration, out)
+    return out
+
+
+def judge_shipped(rows: list[dict], shipped: dict[str, float]) -> list[tuple[str, float, dict]]:
+    """Every row judged at the shipped score thresholds (``shipped``: detector -> threshold on its
+    score), per detector and for the verdict rule: for models the shipped fit never saw, a
+    held-out test of the whole set."""
+    out = [(d, t, judge(rows, d, t)) for d, t in shipped.items() if any(d in r["detectors"] for r in rows)]
+    both = {d: t for d, t in shipped.items() if d in VERDICT_OF}
+    if len(both) == len(VERDICT_OF):
+        out.append((VERDICT, 1.0, judge(verdict_rows(rows, both), VERDICT, 1.0)))
+    return out
+
+
+#: the scan's verdict with data (``audit.scan.decide``): backdoored when Neural Cleanse or MM-BD is over
+#: its threshold, the target named by the one furthest over it
+VERDICT = "verdict (nc or mm-bd)"
+VERDICT_OF = ("neural-cleanse", "mm-bd")
+
+
+def verdict_rows(rows: list[dict], thresholds: dict[str, float]) -> list[dict]:
+    """``rows`` with one score, the verdict's: the largest score / threshold over the detectors of
+    ``thresholds`` that scored the row (flagged above 1), and that detector's top class."""
+    out = []
+    for r in rows:
+        parts = [(score_of(r["detectors"][d], d) / t, r["detectors"][d].get("top_class"))
+                 for d, t in thresholds.items()
+                 if d in r["detectors"] and score_of(r["detectors"][d], d) is not None]
+        if parts:
+            score, top = max(parts, key=lambda p: p[0])
+            out.append({**r, "detectors": {VERDICT: {"score": score, "top_class": top, "threshold": 1.0}}})
+    return out
+
+
+def fit_verdict(rows: list[dict], fits: list[DetectorFit], scope: str = "all") -> DetectorFit | None:
+    """The verdict rule judged as one detector: NC's and MM-BD's thresholds fitted on the calibration
+    split (``fits`` of ``scope``), the combined score held out at 1. None unless both were fitted."""
+    thresholds = {f.detector: f.threshold for f in fits
+                  if f.scope == scope and f.detector in VERDICT_OF and f.threshold is not None and f.threshold > 0}
+    if len(thresholds) < len(VERDICT_OF):
+        return None
+    return fit_detector(verdict_rows(rows, thresholds), VERDICT, scope, threshold=1.0)
 
 
 def calibrate(rows: list[dict], detectors: list[str]) -> list[DetectorFit]:
-    """Per detector: a fit over every dataset's models, then one per dataset."""
+    """Per detector: a fit over every dataset's models, then one per dataset; then the verdict rule
+    (NC or MM-BD) with those thresholds, where both detectors ran."""
     fits = []
     sets = sorted({r["set"] for r in rows})
+    scopes = [("all", rows)] + ([(name, [r for r in rows if r["set"] == name]) for name in sets]
+                                if len(sets) > 1 else [])
     for d in detectors:
-        fits.append(fit_detector(rows, d))
-        if len(sets) > 1:
-            fits += [fit_detector([r for r in rows if r["set"] == name], d, name) for name in sets]
+        fits += [fit_detector(rs, d, scope) for scope, rs in scopes]
+    for scope, rs in scopes:
+        verdict = fit_verdict(rs, fits, scope)
+        if verdict is not None:
+            fits.append(verdict)
     return fits
 
 

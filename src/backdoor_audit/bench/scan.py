@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from .calibration import assign_splits, calibrate, nc_at_steps, nc_step_curve, score_of
+from .calibration import assign_splits, calibrate, judge_shipped, nc_at_steps, nc_step_curve, score_of
 from ..errors import SpecError
 from ..graph.load import load_model
 from ..graph.neurons import build_inventory
@@ -89,6 +89,27 @@ def _scan_process(path: Path, clean: Path | None, n_clean: int, detectors: str |
     return json.loads(proc.stdout), wall
 
 
+def shipped_thresholds() -> dict[str, float]:
+    """The score thresholds the package ships, per detector (empty when none is shipped)."""
+    from importlib import resources
+
+    path = resources.files("backdoor_audit").joinpath("assets", "scan-thresholds.json")
+    if not path.is_file():
+        return {}
+    return {name: d["score_threshold"] for name, d in json.loads(path.read_text())["detectors"].items()}
+
+
+def _cost(rows: list[dict], detector: str) -> str:
+    """A detector's mean seconds and largest peak memory over the rows that ran it ("-" where the
+    rows predate the per-detector peak)."""
+    rs = [r["detectors"][detector] for r in rows if detector in r["detectors"]]
+    if not rs:
+        return "-"
+    peaks = [r["peak_mb"] for r in rs if r.get("peak_mb") is not None and r["peak_mb"] == r["peak_mb"]]
+    return f"{np.mean([r['seconds'] for r in rs]):.1f} / {max(peaks):.0f}" if peaks else \
+        f"{np.mean([r['seconds'] for r in rs]):.1f} / -"
+
+
 def scan_row(report: dict) -> dict:
     """What a calibration needs of a scan report: per scored detector its score, threshold, flag,
     target, top class and evidence (NC's per-class L1 traces let a shorter run be judged without
@@ -99,6 +120,7 @@ def scan_row(report: dict) -> dict:
             dets[d["detector"]] = {"score": d["score"], "threshold": d["threshold"], "flagged": d["flagged"],
                                    "target": d["target"], "top_class": d["evidence"].get("top_class"),
                                    "seconds": round(d["seconds"], 2),
+                                   "peak_mb": round(d.get("peak_mb", float("nan")), 1),
                                    "evidence": {k: v for k, v in d["evidence"].items() if k != "probe"}}
     return {"verdict": report["verdict"], "suspected_target": report["suspected_target"],
             "decided_by": report["decided_by"], "detectors": dets, "seconds": round(report["seconds"], 2),
@@ -178,13 +200,22 @@ def markdown(rows: list[dict], nc_steps: int | None = None) -> str:
                      f"{fmt(f.calibration['auroc'], 3)} | {fmt(h['auroc'], 3)} | {fmt(h.get('tpr'))} | "
                      f"{fmt(h.get('fpr'))} | {fmt(h['target_right'])} | {h.get('all_to_all_flagged', '-')} | "
                      f"{h['n_clean']} / {h['n_backdoored']} |")
+    shipped = shipped_thresholds()
+    if shipped:
+        lines += ["", "Every row judged at the thresholds the package ships (assets/scan-thresholds.json; a held-out "
+                  "test of any model they were not fitted on):", "",
+                  "| detector | shipped threshold on the score | AUROC | TPR | FPR | top class = target | "
+                  "all-to-all flagged | clean / backdoored |", "|---|---|---|---|---|---|---|---|"]
+        for d, t, h in judge_shipped(rows, shipped):
+            lines.append(f"| {d} | {fmt(t, 3)} | {fmt(h['auroc'], 3)} | {fmt(h.get('tpr'))} | {fmt(h.get('fpr'))} | "
+                         f"{fmt(h['target_right'])} | {h.get('all_to_all_flagged', '-')} | "
+                         f"{h['n_clean']} / {h['n_backdoored']} |")
     lines += ["", "Cost per scan (mean over the rows; one process per scan, so the peak memory is the whole scan's):",
-              "", "| set | scans | " + " | ".join(f"{d} s" for d in names) + " | scan wall s | peak MB |",
+              "", "| set | scans | " + " | ".join(f"{d} s / peak MB" for d in names) + " | scan wall s | peak MB |",
               "|---|---|" + "---|" * len(names) + "---|---|"]
     for name in sorted({r["set"] for r in rows}):
         rs = [r for r in rows if r["set"] == name]
-        secs = [fmt(np.mean([r["detectors"][d]["seconds"] for r in rs if d in r["detectors"]]), 1)
-                if any(d in r["detectors"] for r in rs) else "-" for d in names]
+        secs = [_cost(rs, d) for d in names]
         lines.append(f"| {name} | {len(rs)} | {' | '.join(secs)} | {np.mean([r['wall'] for r in rs]):.0f} | "
                      f"{max(r['peak_mb'] for r in rs):.0f} (max) |")
     curve = nc_step_curve(whole, [s // NC_PERIOD - 1 for s in NC_STEPS])

@@ -201,8 +201,8 @@ def validate(model, data, split, layout, mean, std, device, attack, limit, min_a
 @data_options(required=False)
 @click.option("--n-clean", type=int, default=None, help="use this many clean images (seeded sample)")
 @click.option("--detectors", default=None,
-              help="comma-separated detectors (see --list), or +NAMES for the default plus those (+mm-bd,ban); "
-                   "default: graph, neural-cleanse and bn-kl with --data, graph and mm-bd without")
+              help="comma-separated detectors (see --list), or +NAMES for the default plus those (+anp-probe,ban); "
+                   "default: graph, neural-cleanse, mm-bd and bn-kl with --data, graph and mm-bd without")
 @click.option("--param", "params", multiple=True, metavar="DETECTOR.KEY=VALUE",
               help="a detector option, e.g. --param neural-cleanse.steps=100 (repeatable)")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -298,7 +298,7 @@ def _scan_lines(rep) -> list[str]:
     target = "" if rep.suspected_target is None else f", suspected target class {rep.suspected_target}"
     lines = [f"{rep.model}: {rep.verdict.upper()}{target}  ({rep.seconds:.1f} s)",
              f"  {'decided by ' + rep.decided_by + ': ' if rep.decided_by else ''}{rep.reason}"]
-    lines += [f"  {d.detector} ({d.seconds:.1f} s): {_detection_line(d)}" for d in rep.detections]
+    lines += [f"  {d.detector} ({d.seconds:.1f} s, {d.peak_mb:.0f} MB): {_detection_line(d)}" for d in rep.detections]
     lines += [f"  [{f.severity}] {f.id}: {f.message}" for f in rep.findings]
     return lines
 

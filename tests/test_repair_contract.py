@@ -153,6 +153,7 @@ def test_peak_memory_on_linux_macos_and_windows(monkeypatch):
 
     fake = types.SimpleNamespace(RUSAGE_SELF=0, getrusage=lambda who: types.SimpleNamespace(ru_maxrss=2 * 1024 * 1024))
     monkeypatch.setitem(sys.modules, "resource", fake)
+    monkeypatch.setattr(util, "_PEAK_BEFORE_RESET", 0.0)  # no section of this process reset the mark before
     monkeypatch.setattr(sys, "platform", "darwin")  # bytes there
     assert util.peak_rss_mb() == 2.0
     monkeypatch.setattr(sys, "platform", "linux")  # kilobytes there

@@ -90,6 +90,7 @@ def optimize_masks(executor: OnnxExecutor, inventory: NeuronInventory, x: torch.
             for it in range(iterations):
                 idx = next(feed).to(x.device)
                 xb, yb = x[idx], y[idx]
+                opt.zero_grad(set_to_none=True)
                 if eps > 0:
                     with torch.no_grad():
                         mod.delta.uniform_(-eps, eps, generator=dev_gen)
@@ -104,13 +105,14 @@ def optimize_masks(executor: OnnxExecutor, inventory: NeuronInventory, x: torch.
                         mod.xi.requires_grad_(False)
                         mod.signed_step(g_delta, g_xi, eps / steps, bound)
                     loss_rob = F.cross_entropy(ex(xb), yb)
+                    # backward now, so the perturbed pass's graph is freed before the natural one is
+                    # built: the same gradient (the two terms add), half the activations held at once
+                    ((1 - alpha) * loss_rob).backward()
                 else:
                     loss_rob = torch.zeros((), device=xb.device)
                 mod.perturb = False
                 loss_nat = F.cross_entropy(ex(xb), yb)
-                loss = alpha * loss_nat + (1 - alpha) * loss_rob
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
+                (alpha * loss_nat).backward()
                 opt.step()
                 with torch.no_grad():
                     mod.mask.clamp_(0.0, 1.0)

@@ -37,8 +37,7 @@ def predict(executor: OnnxExecutor, x: torch.Tensor, batch_size: int = 128) -> t
     """Logits of the executor (with whatever modulators are installed), without gradients.
 
     Batches of 128, not 512: on the CIFAR-10 small ResNet (500 images, 2 CPU threads, one run) 128
-    took 0.18 s at a 402-409 MB peak and 512 took 0.32 s at 483-550 MB; the whole-set passes of a
-    repair at 512 were what a MobileNetV2 repair's 4.1 GB peak grew from (docs/performance.md)."""
+    took 0.18 s at a 402-409 MB peak and 512 took 0.32 s at 483-550 MB (docs/performance.md)."""
     outs = []
     with torch.no_grad():
         for i in range(0, len(x), batch_size):

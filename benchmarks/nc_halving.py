@@ -15,13 +15,13 @@ clean score (the margin a threshold has), and how often the top class is the tar
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
 from backdoor_audit.audit.trigger import anomaly_index
 from backdoor_audit.bench.calibration import auroc
+from backdoor_audit.bench.results import read_results
 
 ROOT = Path(__file__).resolve().parents[1]
 PERIOD = 10  # steps between the traces' checks
@@ -32,8 +32,7 @@ def load(paths: list[Path], steps: int) -> list[tuple[bool, int | None, np.ndarr
     traces reach ``steps``."""
     out = []
     for path in paths:
-        for line in path.read_text().splitlines():
-            r = json.loads(line)
+        for r in read_results(path).values():  # a resumed run's later line for the same scan wins
             nc = r.get("detectors", {}).get("neural-cleanse")
             if r.get("status") != "ok" or nc is None or r["mode"] == "all-to-all":
                 continue

@@ -118,19 +118,23 @@ THRESHOLDS = "scan-thresholds.json"  # in the package's assets: the zoo calibrat
 
 
 @functools.lru_cache(maxsize=1)
-def calibrated_options() -> dict[str, dict]:
-    """The detector options the shipped calibration sets (``assets/scan-thresholds.json``, written
-    by `audit bench scan --write-thresholds`), e.g. ``{"neural-cleanse": {"anomaly": 2.6}}``; empty
-    when none is shipped. Read once per process (a folder scan asks for every file); callers do not
-    change it."""
+def shipped_calibration() -> dict[str, dict]:
+    """The shipped calibration's entry per detector (``assets/scan-thresholds.json``, written by
+    `audit bench scan --write-thresholds`: option, value, score_threshold, what it was fitted on);
+    empty when none is shipped. Read once per process (a folder scan asks for every file); callers
+    do not change it."""
     import json
     from importlib import resources
 
     path = resources.files("backdoor_audit").joinpath("assets", THRESHOLDS)
     if not path.is_file():
         return {}
-    doc = json.loads(path.read_text())
-    return {name: {d["option"]: d["value"]} for name, d in doc["detectors"].items()}
+    return json.loads(path.read_text())["detectors"]
+
+
+def calibrated_options() -> dict[str, dict]:
+    """The detector options the shipped calibration sets, e.g. ``{"neural-cleanse": {"anomaly": 2.6}}``."""
+    return {name: {d["option"]: d["value"]} for name, d in shipped_calibration().items()}
 
 
 def default_detectors(has_data: bool) -> tuple[str, ...]:

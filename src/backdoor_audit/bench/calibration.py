@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..audit.scan import WEIGHT_DETECTORS
+
 SPLITS = ("calibration", "held-out")
 
 
@@ -149,7 +151,7 @@ def judge_shipped(rows: list[dict], shipped: dict[str, float]) -> list[tuple[str
 #: the scan's verdict with data (``audit.scan.decide``): backdoored when Neural Cleanse or MM-BD is over
 #: its threshold, the target named by the one furthest over it
 VERDICT = "verdict (nc or mm-bd)"
-VERDICT_OF = ("neural-cleanse", "mm-bd")
+VERDICT_OF = WEIGHT_DETECTORS
 
 
 def verdict_rows(rows: list[dict], thresholds: dict[str, float]) -> list[dict]:

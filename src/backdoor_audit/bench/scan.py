@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..audit.scan import shipped_calibration
 from .calibration import assign_splits, calibrate, judge_shipped, nc_at_steps, nc_step_curve, score_of
 from ..errors import SpecError
 from ..graph.load import load_model
@@ -89,25 +90,14 @@ def _scan_process(path: Path, clean: Path | None, n_clean: int, detectors: str |
     return json.loads(proc.stdout), wall
 
 
-def shipped_thresholds() -> dict[str, float]:
-    """The score thresholds the package ships, per detector (empty when none is shipped)."""
-    from importlib import resources
-
-    path = resources.files("backdoor_audit").joinpath("assets", "scan-thresholds.json")
-    if not path.is_file():
-        return {}
-    return {name: d["score_threshold"] for name, d in json.loads(path.read_text())["detectors"].items()}
-
-
 def _cost(rows: list[dict], detector: str) -> str:
-    """A detector's mean seconds and largest peak memory over the rows that ran it ("-" where the
-    rows predate the per-detector peak)."""
+    """A detector's mean seconds and largest peak memory over the rows that ran it ("-" for the peak
+    where the rows predate the per-detector peak)."""
     rs = [r["detectors"][detector] for r in rows if detector in r["detectors"]]
     if not rs:
         return "-"
-    peaks = [r["peak_mb"] for r in rs if r.get("peak_mb") is not None and r["peak_mb"] == r["peak_mb"]]
-    return f"{np.mean([r['seconds'] for r in rs]):.1f} / {max(peaks):.0f}" if peaks else \
-        f"{np.mean([r['seconds'] for r in rs]):.1f} / -"
+    peaks = [r["peak_mb"] for r in rs if r.get("peak_mb") is not None and not np.isnan(r["peak_mb"])]
+    return f"{np.mean([r['seconds'] for r in rs]):.1f} / {f'{max(peaks):.0f}' if peaks else '-'}"
 
 
 def scan_row(report: dict) -> dict:
@@ -200,7 +190,7 @@ def markdown(rows: list[dict], nc_steps: int | None = None) -> str:
                      f"{fmt(f.calibration['auroc'], 3)} | {fmt(h['auroc'], 3)} | {fmt(h.get('tpr'))} | "
                      f"{fmt(h.get('fpr'))} | {fmt(h['target_right'])} | {h.get('all_to_all_flagged', '-')} | "
                      f"{h['n_clean']} / {h['n_backdoored']} |")
-    shipped = shipped_thresholds()
+    shipped = {name: d["score_threshold"] for name, d in shipped_calibration().items()}
     if shipped:
         lines += ["", "Every row judged at the thresholds the package ships (assets/scan-thresholds.json; a held-out "
                   "test of any model they were not fitted on):", "",

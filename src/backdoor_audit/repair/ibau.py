@@ -50,6 +50,25 @@ def _vjp(outputs: list[torch.Tensor], inputs: list[torch.Tensor], vectors: list[
     return [torch.zeros_like(i) if g is None else g for g, i in zip(grads, inputs)]
 
 
+def hypergradient(outer_loss, inner_loss, delta: torch.Tensor, theta: list[torch.Tensor], K: int,
+                  inner_lr: float) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The implicit hypergradient of ``outer_loss(delta)`` with respect to the weights ``theta``,
+    ``delta`` taken as the fixed point of ``delta - inner_lr * grad inner_loss(delta)``: the outer
+    loss's direct gradient plus ``(d mapped / d theta)^T v``, where ``v`` solves
+    ``v = J^T v + dL_outer/d delta`` by K fixed-point iterations (J = d mapped / d delta). Returns the
+    gradients (one per weight, zeros where unused) and the outer loss."""
+    d = delta.detach().clone().requires_grad_(True)
+    outer = outer_loss(d)
+    g_delta, *g_theta = _vjp([outer], [d, *theta], [torch.ones_like(outer)], retain_graph=False)
+    step = torch.autograd.grad(inner_loss(d), [d], create_graph=True)[0]
+    mapped = d - inner_lr * step
+    v = torch.zeros_like(d)
+    for _ in range(K):
+        v = _vjp([mapped], [d], [v], retain_graph=True)[0] + g_delta
+    implicit = _vjp([mapped], theta, [v], retain_graph=False)
+    return [g1 + g2 for g1, g2 in zip(implicit, g_theta)], outer.detach()
+
+
 @register_method("i-bau", summary="Implicit Backdoor Adversarial Unlearning: unlearn a universal adversarial "
                  "perturbation with the implicit hypergradient", source="Zeng et al., ICLR 2022", needs="labeled",
                  options=OPTIONS)
@@ -96,22 +115,15 @@ def run_ibau(ctx: RepairContext, **opts) -> RepairResult:
                         bar.update(1)
                 delta = delta.detach()
                 for idx in chunks:  # one outer step per batch with the implicit hypergradient
-                    d = delta.clone().requires_grad_(True)
                     patch = torch.zeros((len(idx), 1, 1, 1), device=raw.device)
                     count = int(len(idx) * opts["portion"])
                     if count:
                         patch[torch.randperm(len(idx), generator=gen)[:count].to(raw.device)] = 1.0
-                    outer = F.cross_entropy(logits(raw[idx] + patch * d), y[idx])
-                    g_delta, *g_theta = _vjp([outer], [d, *theta], [torch.ones_like(outer)], retain_graph=False)
-                    step = torch.autograd.grad(inner_loss(d), [d], create_graph=True)[0]
-                    mapped = d - opts["inner_lr"] * step
-                    v = torch.zeros_like(d)
-                    for _ in range(opts["K"]):  # v = J^T v + dL_outer/d delta, J = d mapped / d delta
-                        v = _vjp([mapped], [d], [v], retain_graph=True)[0] + g_delta
-                    implicit = _vjp([mapped], theta, [v], retain_graph=False)
+                    grads, outer = hypergradient(lambda d, idx=idx, patch=patch: F.cross_entropy(
+                        logits(raw[idx] + patch * d), y[idx]), inner_loss, delta, theta, opts["K"], opts["inner_lr"])
                     opt.zero_grad(set_to_none=True)
-                    for p, g1, g2 in zip(theta, implicit, g_theta):
-                        p.grad = g1 + g2
+                    for p, g in zip(theta, grads):
+                        p.grad = g
                     opt.step()
                     if bar is not None:
                         bar.update(1)

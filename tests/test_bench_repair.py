@@ -93,3 +93,12 @@ def test_fold_copy_removes_batchnorm_and_keeps_the_function(tmp_path):
     x = np.random.default_rng(1).random((4, 3, 32, 32), dtype=np.float32)
     assert np.abs(run_logits(make_session(src), x) - run_logits(make_session(dst), x)).max() <= 1e-3
     assert {p.key for p in onnx.load(str(dst)).metadata_props} == {p.key for p in onnx.load(str(src)).metadata_props}
+
+
+def test_the_row_finds_nc_s_log_alone_or_as_a_chain_step():
+    from backdoor_audit.bench.repair import nc_log
+
+    assert nc_log({"flagged": [0], "anomaly_index": [3.1, 0.2]})["flagged"] == [0]
+    chain = {"clp": {"u": 3.0}, "i-bau": {"batches": 5}, "nc": {"flagged": [], "anomaly_index": [1.2, 0.4]}}
+    assert nc_log(chain) == chain["nc"]
+    assert nc_log({"clp": {"u": 3.0}, "i-bau": {"batches": 5}}) == {}

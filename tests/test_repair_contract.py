@@ -325,18 +325,23 @@ def test_virtual_batchnorm_starts_as_the_identity_and_folds_back(tmp_path, cifar
     assert rep.parity_max_abs <= 1e-4 and rep.log["unfolded"] == len(convs)
 
 
-def test_the_default_is_clp_then_i_bau_with_data_and_clp_alone_without(tmp_path, mnist_model, clean_npz):
+def test_the_default_is_clp_i_bau_then_nc_with_data_and_clp_alone_without(tmp_path, mnist_model, clean_npz):
     res = run("repair", mnist_model, "--out", tmp_path / "o.onnx", "--json")
     assert res.exit_code == 0, res.output + res.stderr
     assert json.loads(res.stdout)["method"] == "clp" and (tmp_path / "o.onnx").is_file()
     res = run("repair", mnist_model, "--data", clean_npz, "--out", tmp_path / "d.onnx", "--json",
-              "--param", "i-bau.rounds=1")
+              "--param", "i-bau.rounds=1", "--param", "nc.re_steps=3")
     assert res.exit_code == 0, res.output + res.stderr
     report = json.loads(res.stdout)
-    assert report["method"] == "clp+i-bau" and set(report["log"]) == {"clp", "i-bau"}
+    assert report["method"] == "clp+i-bau+nc" and set(report["log"]) == {"clp", "i-bau", "nc"}
     assert report["params"]["i-bau.rounds"] == 1  # the user's option wins over the default's 10
+    assert report["params"]["nc.re_steps"] == 3
+    from backdoor_audit.audit.scan import shipped_calibration
     from backdoor_audit.repair import METHODS
     from backdoor_audit.repair.run import default_method
 
     name, defaults = default_method(True)
-    assert METHODS.get(name).resolve(defaults)["i-bau.rounds"] == 10
+    opts = METHODS.get(name).resolve(defaults)
+    nc = shipped_calibration()["neural-cleanse"]
+    # NC judges as `audit scan` does: its shipped threshold and run length, not the paper's 2
+    assert opts["i-bau.rounds"] == 10 and opts["nc.anomaly"] == nc["value"] and opts["nc.re_steps"] == nc["steps"]

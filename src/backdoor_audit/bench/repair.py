@@ -144,6 +144,13 @@ class _Sets:
         return self._test[name]
 
 
+def nc_log(log: dict) -> dict:
+    """A Neural Cleanse step's log: the method's own, or its step's in a chain ({} without one)."""
+    if "flagged" in log:
+        return log
+    return next((step for step in log.values() if isinstance(step, dict) and "flagged" in step), {})
+
+
 def _repair_process(job: Job, clean: Path, n_clean: int, out: Path) -> tuple[dict, float]:
     """Run `audit repair` for ``job`` in its own process; return its report (whose peak memory is
     that process's own) and the wall seconds."""
@@ -198,11 +205,13 @@ def run_bench(zoo_dir, jobs: list[Job], results: Path, *, n_clean: int = 500, co
         try:
             rep, wall = _repair_process(job, clean, n_clean, out)
             a = evaluate(out, test, pre, spec)
+            nc = nc_log(rep["log"])
             row.update(after={"acc": a.acc, "asr": a.asr}, pruned=len(rep["pruned"]), units=rep["units"],
                        rewritten=len(rep.get("rewritten", [])), seconds=rep["seconds"], wall=wall,
                        peak_mb=rep["peak_rss_mb"],
                        clean_acc=[rep["clean_acc_before"], rep["clean_acc_after"]],
-                       flagged=rep["log"].get("flagged"), status="ok")
+                       flagged=nc.get("flagged"), nc_max_index=max(nc["anomaly_index"]) if nc else None,
+                       status="ok")
         except Exception as exc:  # noqa: BLE001  one failed job is one row, the grid goes on
             row.update(status="failed", error=first_line(exc))
         finally:

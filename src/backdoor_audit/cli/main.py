@@ -67,9 +67,9 @@ def inspect(model, as_json):
 @click.argument("model", type=click.Path(), required=False)
 @data_options(required=False)
 @click.option("--method", default=None,
-              help="defence method (see --list), or methods joined by + (clp+i-bau); default: clp+i-bau with "
-                   "--data and 10 I-BAU rounds (it removed the most backdoors from BN-folded zoo files, "
-                   "docs/repair.md), clp without")
+              help="defence method (see --list), or methods joined by + (clp+i-bau); default with --data: "
+                   "clp+i-bau+nc (CLP, 10 I-BAU rounds, then Neural Cleanse unlearns what it still finds; the "
+                   "zoo benchmark's best across CIFAR-10, GTSRB and MNIST, docs/repair.md), clp without")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
               help="a method option, e.g. --param eps=0.3 (repeatable; --list shows every option)")
 @click.option("--out", "out", type=click.Path(), help="where to write the repaired ONNX")
@@ -413,7 +413,8 @@ def attack(name, data, arch, out, mode, target, rate, params, epochs, lr, batch_
 @click.option("--out-dir", type=click.Path(file_okay=False), default=None,
               help="where to keep the models and clean set (default: a fresh temporary folder)")
 @click.option("--epochs", type=int, default=15, show_default=True)
-@click.option("--method", default="nc", show_default=True, help="the repair method to show (see audit repair --list)")
+@click.option("--method", default=None, help="the repair method to show (see audit repair --list) "
+              "[default: audit repair's default]")
 @handle_errors
 def demo(out_dir, epochs, method):
     """Train a BadNets MNIST model, scan it, repair it, validate both under onnxruntime."""

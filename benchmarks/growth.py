@@ -3,6 +3,10 @@ and a log-log plot.
 
     python benchmarks/growth.py [--sizes 50,500,5000] [--models small-resnet,...] [--out docs/performance-growth]
 
+Resumable: every finished measurement is one line of ``<out>.jsonl``; a rerun skips what it holds
+and draws the table and the plot from all of it, so a run stopped for time continues where it was
+(rows measured in different runs are on one host only if the runs were).
+
 Each model of the registry is exported with random weights at 3x32x32 (time and memory do not
 depend on what the weights are) and run, for each clean-set size (a seeded sample of CIFAR-10's
 training split, decoded once into the cache), as its own process: `audit repair --method anp`
@@ -24,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from backdoor_audit.bench.results import append_result, read_results
 from backdoor_audit.export.from_torch import export_torch_model
 from backdoor_audit.models import build_model
 
@@ -80,20 +85,26 @@ def main() -> None:
     ap.add_argument("--models", default="small-resnet,mobilenetv2,resnet-18")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "performance-growth")
     args = ap.parse_args()
-    rows = []
+    results = args.out.with_suffix(".jsonl")
+    done = read_results(results)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for arch in args.models.split(","):
+            jobs = [(n, cmd) for n in [int(s) for s in args.sizes.split(",")] for cmd in COMMANDS
+                    if f"{arch}|{n}|{cmd}" not in done]
+            if not jobs:
+                continue
             torch.manual_seed(0)
             net = build_model(arch, (3, 32, 32), 10)
             params = sum(p.numel() for p in net.parameters()) / 1e6
             path = export_torch_model(net, (3, 32, 32), tmp / f"{arch}.onnx")
-            for n in [int(s) for s in args.sizes.split(",")]:
-                for cmd in COMMANDS:
-                    row = {"model": arch, "params_m": round(params, 3), "n": n, "command": cmd,
-                           **run(cmd, path, n, tmp / "out.onnx")}
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
+            for n, cmd in jobs:
+                row = {"key": f"{arch}|{n}|{cmd}", "model": arch, "params_m": round(params, 3), "n": n,
+                       "command": cmd, **run(cmd, path, n, tmp / "out.onnx")}
+                append_result(results, row)
+                done[row["key"]] = row
+                print(json.dumps(row), flush=True)
+    rows = sorted(done.values(), key=lambda r: (r["params_m"], r["n"], list(COMMANDS).index(r["command"])))
     env = {"torch": torch.__version__, "threads": torch.get_num_threads(),
            "device": "cuda" if torch.cuda.is_available() else "cpu"}
     args.out.with_suffix(".json").write_text(json.dumps({"env": env, "rows": rows}, indent=1))

@@ -6,8 +6,8 @@ Per file (BN kept, and its BN-folded copy): one plain training step of the execu
 backward to every weight, batch 128, BN in batch mode where kept) in its own process, with that
 process's peak RSS; one ANP iteration (the difference of a 40- and a 10-iteration `audit repair
 --method anp` divided by 30, so loading and the parity check cancel out); and the whole default
-`audit repair` (clp+i-bau, 10 rounds) with its wall time and peak RSS. Every figure is then put as
-a ratio to the training step measured in the same run: the issue's targets are ANP's iteration near
+`audit repair` (what it runs without `--method`) with its wall time and peak RSS. Every figure is
+then put as a ratio to the training step measured in the same run: the issue's targets are ANP's iteration near
 its floor of about 3 steps, the default repair at most 1,500 steps, peak memory at most 1.5x a
 training step's. 500 clean images, as the benchmark of defences uses.
 """

@@ -129,7 +129,7 @@ def hypergradient_gap(hg, model_path: str, clean, opts: dict, seed: int) -> floa
     theta = session.parameters
     with session:
         ours, _ = ibau.hypergradient(lambda d: F.cross_entropy(logits(xb + d), yb),
-                                     lambda d: -F.cross_entropy(logits(xb + d), yb) + opts["l2"] * d.pow(2).sum(),
+                                     lambda d: ibau.perturbed_loss(logits, xb, yb, d, opts["l2"]),
                                      delta, theta, opts["K"], opts["inner_lr"])
         inner = hg.GradientDescent(lambda p, h: torch.mean(-F.cross_entropy(logits(xb + p[0]), yb, reduction="none"))
                                    + opts["l2"] * torch.pow(torch.norm(p[0]), 2), opts["inner_lr"])

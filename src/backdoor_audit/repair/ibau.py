@@ -50,6 +50,12 @@ def _vjp(outputs: list[torch.Tensor], inputs: list[torch.Tensor], vectors: list[
     return [torch.zeros_like(i) if g is None else g for g, i in zip(grads, inputs)]
 
 
+def perturbed_loss(logits, x: torch.Tensor, labels: torch.Tensor, delta: torch.Tensor, l2: float) -> torch.Tensor:
+    """What I-BAU's perturbation ascends (its search and the inner problem alike): the negated
+    cross-entropy of ``x + delta`` against ``labels``, plus ``l2 * ||delta||^2``."""
+    return -F.cross_entropy(logits(x + delta), labels) + l2 * delta.pow(2).sum()
+
+
 def hypergradient(outer_loss, inner_loss, delta: torch.Tensor, theta: list[torch.Tensor], K: int,
                   inner_lr: float) -> tuple[list[torch.Tensor], torch.Tensor]:
     """The implicit hypergradient of ``outer_loss(delta)`` with respect to the weights ``theta``,
@@ -85,7 +91,7 @@ def run_ibau(ctx: RepairContext, **opts) -> RepairResult:
     first = chunks[0]
 
     def inner_loss(delta: torch.Tensor) -> torch.Tensor:
-        return -F.cross_entropy(logits(raw[first] + delta), y[first]) + opts["l2"] * delta.pow(2).sum()
+        return perturbed_loss(logits, raw[first], y[first], delta, opts["l2"])
 
     log: list[dict] = []
     with WeightEdit(ctx) as edit:
@@ -107,7 +113,7 @@ def run_ibau(ctx: RepairContext, **opts) -> RepairResult:
                 for idx in chunks:  # the universal perturbation: ascend the loss on the model's own labels
                     with torch.no_grad():
                         own = logits(raw[idx]).argmax(1)
-                    loss = -F.cross_entropy(logits(raw[idx] + delta), own) + opts["l2"] * delta.pow(2).sum()
+                    loss = perturbed_loss(logits, raw[idx], own, delta, opts["l2"])
                     pert_opt.zero_grad()
                     delta.grad, = torch.autograd.grad(loss, [delta])
                     pert_opt.step()

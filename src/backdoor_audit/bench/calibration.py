@@ -142,8 +142,8 @@ def judge_shipped(rows: list[dict], shipped: dict[str, float]) -> list[tuple[str
     score), per detector and for the verdict rule: for models the shipped fit never saw, a
     held-out test of the whole set."""
     out = [(d, t, judge(rows, d, t)) for d, t in shipped.items() if any(d in r["detectors"] for r in rows)]
-    both = {d: t for d, t in shipped.items() if d in VERDICT_OF}
-    if len(both) == len(VERDICT_OF):
+    both = {d: t for d, t in shipped.items() if d in WEIGHT_DETECTORS}
+    if len(both) == len(WEIGHT_DETECTORS):
         out.append((VERDICT, 1.0, judge(verdict_rows(rows, both), VERDICT, 1.0)))
     return out
 
@@ -151,7 +151,6 @@ def judge_shipped(rows: list[dict], shipped: dict[str, float]) -> list[tuple[str
 #: the scan's verdict with data (``audit.scan.decide``): backdoored when Neural Cleanse or MM-BD is over
 #: its threshold, the target named by the one furthest over it
 VERDICT = "verdict (nc or mm-bd)"
-VERDICT_OF = WEIGHT_DETECTORS
 
 
 def verdict_rows(rows: list[dict], thresholds: dict[str, float]) -> list[dict]:
@@ -171,9 +170,9 @@ def verdict_rows(rows: list[dict], thresholds: dict[str, float]) -> list[dict]:
 def fit_verdict(rows: list[dict], fits: list[DetectorFit], scope: str = "all") -> DetectorFit | None:
     """The verdict rule judged as one detector: NC's and MM-BD's thresholds fitted on the calibration
     split (``fits`` of ``scope``), the combined score held out at 1. None unless both were fitted."""
-    thresholds = {f.detector: f.threshold for f in fits
-                  if f.scope == scope and f.detector in VERDICT_OF and f.threshold is not None and f.threshold > 0}
-    if len(thresholds) < len(VERDICT_OF):
+    thresholds = {f.detector: f.threshold for f in fits if f.scope == scope and f.detector in WEIGHT_DETECTORS
+                  and f.threshold is not None and f.threshold > 0}
+    if len(thresholds) < len(WEIGHT_DETECTORS):
         return None
     return fit_detector(verdict_rows(rows, thresholds), VERDICT, scope, threshold=1.0)
 

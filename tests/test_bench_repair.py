@@ -10,6 +10,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from backdoor_audit.cli import main
+from backdoor_audit.data import demo_sample_path, load_images
 
 
 def _zoo(tmp_path, tiny_backdoor):
@@ -20,7 +21,8 @@ def _zoo(tmp_path, tiny_backdoor):
     x8 = lambda s: (s.x[:, 0] * 255).round().astype(np.uint8)  # noqa: E731
     np.savez(zoo / "mnist" / "clean.npz", x=x8(clean), y=clean.y)
     data = tmp_path / "mnist.npz"
-    np.savez(data, x_train=x8(clean), y_train=clean.y, x_test=x8(test), y_test=test.y)
+    train = load_images(demo_sample_path(), split="train").subset(slice(0, 3000))  # what the fixture trained on
+    np.savez(data, x_train=x8(train), y_train=train.y, x_test=x8(test), y_test=test.y)
     row = {"id": "mnist/badnets-t0-s0", "file": "mnist/badnets-t0-s0.onnx", "set": "mnist", "attack": "badnets",
            "mode": "all-to-one", "spec": json.loads(spec.to_json()), "dataset": str(data)}
     (zoo / "manifest.jsonl").write_text(json.dumps(row) + "\n")
@@ -102,3 +104,14 @@ def test_the_row_finds_nc_s_log_alone_or_as_a_chain_step():
     chain = {"clp": {"u": 3.0}, "i-bau": {"batches": 5}, "nc": {"flagged": [], "anomaly_index": [1.2, 0.4]}}
     assert nc_log(chain) == chain["nc"]
     assert nc_log({"clp": {"u": 3.0}, "i-bau": {"batches": 5}}) == {}
+
+
+def test_bench_gives_ep_the_training_set_rebuilt_from_the_model(tmp_path, tiny_backdoor):
+    zoo = _zoo(tmp_path, tiny_backdoor)
+    results = tmp_path / "r.jsonl"
+    res = CliRunner().invoke(main, ["bench", "repair", "--zoo", str(zoo), "--methods", "ep", "--clean", "300",
+                                    "--results", str(results), "--out", str(tmp_path / "b.md")])
+    assert res.exit_code == 0, res.output
+    row = json.loads(results.read_text())
+    assert row["status"] == "ok", row  # not the refusal it gives without --train-data
+    assert row["pruned"] > 0 and row["after"]["asr"] < row["before"]["asr"], row  # EP itself: test_repair_methods

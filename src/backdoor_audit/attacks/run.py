@@ -12,10 +12,8 @@ import dataclasses
 import json
 import os
 import time
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .. import __version__
@@ -26,7 +24,6 @@ from ..data.splits import defender_split
 from ..errors import SpecError
 from ..export.from_torch import export_torch_model
 from ..models import build_model
-from ..util import atomic_output
 from ..training import resume
 from .registry import Attack, get_attack
 from .spec import ATTACK_SPEC_KEY, AttackSpec
@@ -123,7 +120,7 @@ def run_attack(
     path = export_torch_model(model, train_set.shape, out_path, metadata, dynamo=dynamo, keep_batchnorm=keep_batchnorm)
     export_seconds = time.perf_counter() - t0
     if clean_out is not None:
-        _save_clean(train_set.subset(defender_idx), clean_out)
+        train_set.subset(defender_idx).save(clean_out)
     return {
         "model": str(path),
         "arch": arch,
@@ -177,14 +174,6 @@ def _load_sets(
     if "test" in splits:
         return train_set, load_images(data, split="test", cache_dir=cache_dir)
     return train_set, None
-
-
-def _save_clean(images: ImageSet, path: str | os.PathLike) -> None:
-    x8 = np.rint(images.x * 255.0).astype(np.uint8)
-    extra = {"classes": np.array(images.classes, dtype=str)} if images.classes else {}
-    with atomic_output(Path(path)) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, x=x8, y=images.y, **extra)
 
 
 def run_named_attack(

@@ -41,6 +41,7 @@ from ..options import parse_assignments
 from ..repair import METHODS
 from ..util import atomic_write_bytes, first_line, sha256_file
 from ..zoo import load_config, read_manifest
+from ..zoo.training_set import rebuild_training_set
 from .results import append_result, fmt, read_results
 
 RESULTS = "repair-results.jsonl"
@@ -58,7 +59,10 @@ class Job:
     label: str = ""  # the method as named on the command line, e.g. "anp:renorm=conv"
 
     def key(self, model_sha: str, clean_sha: str, n_clean: int) -> str:
-        text = json.dumps([model_sha, self.method, self.options, clean_sha, n_clean], sort_keys=True)
+        parts = [model_sha, self.method, self.options, clean_sha, n_clean]
+        if "train" in METHODS.get(self.method).needs:
+            parts.append("training set rebuilt from the model's metadata")  # EP; it once ran without one
+        text = json.dumps(parts, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -143,6 +147,16 @@ class _Sets:
             self._test[name] = load_images(path, split="test", cache_dir=self.cache_dir)
         return self._test[name]
 
+    def training(self, job: Job, work: Path) -> Path:
+        """The set ``job``'s model was trained on, rebuilt (``zoo.training_set``) and written once
+        per model into ``work``, for a method that needs --train-data (EP)."""
+        out = work / f"train-{job.model_id.replace('/', '-')}.npz"
+        if not out.is_file():
+            path = self.data.get(job.row["set"]) or job.row["dataset"]
+            train = load_images(path, split="train", cache_dir=self.cache_dir)
+            rebuild_training_set(self.zoo_dir / job.row["file"], train).save(out, compress=False)
+        return out
+
 
 def nc_log(log: dict) -> dict:
     """A Neural Cleanse step's log: the method's own, or its step's in a chain ({} without one)."""
@@ -151,13 +165,16 @@ def nc_log(log: dict) -> dict:
     return next((step for step in log.values() if isinstance(step, dict) and "flagged" in step), {})
 
 
-def _repair_process(job: Job, clean: Path, n_clean: int, out: Path) -> tuple[dict, float]:
+def _repair_process(job: Job, clean: Path, n_clean: int, out: Path, train: Path | None = None) -> tuple[dict, float]:
     """Run `audit repair` for ``job`` in its own process; return its report (whose peak memory is
-    that process's own) and the wall seconds."""
+    that process's own) and the wall seconds. ``train`` is the model's training set, for a method
+    that needs it."""
     cmd = [sys.executable, "-m", "backdoor_audit.cli", "repair", str(job.path), "--method", job.method,
            "--out", str(out), "--json"]
     if set(METHODS.get(job.method).needs) - {"none"}:  # data-free methods that can use data get it too
         cmd += ["--data", str(clean), "--n-clean", str(n_clean)]
+    if train is not None:
+        cmd += ["--train-data", str(train)]
     for k, v in job.options.items():
         cmd += ["--param", f"{k}={'none' if v is None else v}"]
     t0 = time.perf_counter()
@@ -178,47 +195,49 @@ def run_bench(zoo_dir, jobs: list[Job], results: Path, *, n_clean: int = 500, co
     sets = _Sets(zoo_dir, Path(config) if config else None, cache_dir)
     befores: dict[str, dict] = {}
     rows = []
-    work = Path(tempfile.mkdtemp(prefix="bench-repair-"))
-    for job in jobs:
-        if job.variant == "folded":
-            fold_copy(zoo_dir / job.row["file"], job.path)
-        model_sha = sha256_file(job.path)
-        clean = sets.clean(job.row["set"])
-        key = job.key(model_sha, sha256_file(clean), n_clean)
-        if key in done and "internal error" not in done[key].get("error", ""):  # a crash is retried
-            rows.append(done[key])
-            say("skip", job, done[key])
-            continue
-        say("start", job, None)
-        test = sets.test(job.row["set"], job.row["dataset"])
-        spec = AttackSpec.from_json(json.dumps(job.row["spec"])) if job.row.get("spec") else None
-        pre = model_preprocess(load_model(job.path), test)
-        if model_sha not in befores:
-            b = evaluate(job.path, test, pre, spec)
-            befores[model_sha] = {"acc": b.acc, "asr": b.asr}
-        row = {"key": key, "model": job.model_id, "variant": job.variant, "set": job.row["set"],
-               "attack": job.row["attack"], "mode": job.row["mode"], "method": job.label or job.method,
-               "options": job.options,
-               "n_clean": n_clean, "before": befores[model_sha], "tool": __version__,
-               "threads": torch.get_num_threads()}  # the child inherits them (OMP_NUM_THREADS)
-        out = work / f"{key}.onnx"
-        try:
-            rep, wall = _repair_process(job, clean, n_clean, out)
-            a = evaluate(out, test, pre, spec)
-            nc = nc_log(rep["log"])
-            row.update(after={"acc": a.acc, "asr": a.asr}, pruned=len(rep["pruned"]), units=rep["units"],
-                       rewritten=len(rep.get("rewritten", [])), seconds=rep["seconds"], wall=wall,
-                       peak_mb=rep["peak_rss_mb"],
-                       clean_acc=[rep["clean_acc_before"], rep["clean_acc_after"]],
-                       flagged=nc.get("flagged"), nc_max_index=max(nc["anomaly_index"]) if nc else None,
-                       status="ok")
-        except Exception as exc:  # noqa: BLE001  one failed job is one row, the grid goes on
-            row.update(status="failed", error=first_line(exc))
-        finally:
-            out.unlink(missing_ok=True)
-        append_result(results, row)
-        rows.append(row)
-        say("done", job, row)
+    with tempfile.TemporaryDirectory(prefix="bench-repair-") as tmp:  # repaired files, rebuilt training sets
+        work = Path(tmp)
+        for job in jobs:
+            if job.variant == "folded":
+                fold_copy(zoo_dir / job.row["file"], job.path)
+            model_sha = sha256_file(job.path)
+            clean = sets.clean(job.row["set"])
+            key = job.key(model_sha, sha256_file(clean), n_clean)
+            if key in done and "internal error" not in done[key].get("error", ""):  # a crash is retried
+                rows.append(done[key])
+                say("skip", job, done[key])
+                continue
+            say("start", job, None)
+            test = sets.test(job.row["set"], job.row["dataset"])
+            spec = AttackSpec.from_json(json.dumps(job.row["spec"])) if job.row.get("spec") else None
+            pre = model_preprocess(load_model(job.path), test)
+            if model_sha not in befores:
+                b = evaluate(job.path, test, pre, spec)
+                befores[model_sha] = {"acc": b.acc, "asr": b.asr}
+            row = {"key": key, "model": job.model_id, "variant": job.variant, "set": job.row["set"],
+                   "attack": job.row["attack"], "mode": job.row["mode"], "method": job.label or job.method,
+                   "options": job.options,
+                   "n_clean": n_clean, "before": befores[model_sha], "tool": __version__,
+                   "threads": torch.get_num_threads()}  # the child inherits them (OMP_NUM_THREADS)
+            out = work / f"{key}.onnx"
+            try:
+                train = sets.training(job, work) if "train" in METHODS.get(job.method).needs else None
+                rep, wall = _repair_process(job, clean, n_clean, out, train)
+                a = evaluate(out, test, pre, spec)
+                nc = nc_log(rep["log"])
+                row.update(after={"acc": a.acc, "asr": a.asr}, pruned=len(rep["pruned"]), units=rep["units"],
+                           rewritten=len(rep.get("rewritten", [])), seconds=rep["seconds"], wall=wall,
+                           peak_mb=rep["peak_rss_mb"],
+                           clean_acc=[rep["clean_acc_before"], rep["clean_acc_after"]],
+                           flagged=nc.get("flagged"), nc_max_index=max(nc["anomaly_index"]) if nc else None,
+                           status="ok")
+            except Exception as exc:  # noqa: BLE001  one failed job is one row, the grid goes on
+                row.update(status="failed", error=first_line(exc))
+            finally:
+                out.unlink(missing_ok=True)
+            append_result(results, row)
+            rows.append(row)
+            say("done", job, row)
     return rows
 
 

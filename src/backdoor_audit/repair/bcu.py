@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from ..errors import SpecError
 from ..options import Option
 from .base import RepairContext, RepairResult, register_method
-from .finetune import BN_MODE, UNFOLD, WeightEdit, finetune
+from .finetune import BN_MODE, UNFOLD, WeightEdit, finetune, augment_option
 
 SOURCE = "BCU authors' run_defense.sh and config/defense/ft/cifar10.yaml"
 OPTIONS = [
@@ -42,8 +42,7 @@ OPTIONS = [
     Option("t_start", float, 1.0, "distillation temperature at the start (it rises linearly)", SOURCE, minimum=0,
            open_min=True),
     Option("t_end", float, 4.0, "distillation temperature at the end", SOURCE, minimum=0, open_min=True),
-    Option("augment", str, "auto", "random crops and flips (auto: for RGB images)", SOURCE,
-           choices=("auto", "crop-flip", "none")),
+    augment_option(SOURCE),
     BN_MODE,
     UNFOLD,
 ]

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ..errors import SpecError
 from ..options import Option
 from .base import RepairContext, RepairResult, register_method
-from .finetune import BN_MODE, UNFOLD, WeightEdit, finetune
+from .finetune import BN_MODE, UNFOLD, WeightEdit, finetune, augment_option
 
 SOURCE = "FST authors' README (CIFAR-10)"
 OPTIONS = [
@@ -33,8 +33,7 @@ OPTIONS = [
     Option("batch_size", int, 128, "images per step", SOURCE, minimum=1),
     Option("momentum", float, 0.9, "SGD momentum", "FST ft.py", minimum=0, maximum=1, open_max=True),
     Option("weight_decay", float, 0.0, "SGD weight decay", "FST ft.py (none)", minimum=0),
-    Option("augment", str, "auto", "random crops and flips (auto: for RGB images)",
-           choices=("auto", "crop-flip", "none")),
+    augment_option(),
     BN_MODE,
     UNFOLD,
 ]

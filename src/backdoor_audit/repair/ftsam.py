@@ -18,7 +18,7 @@ from ..graph.masks import batches
 from ..options import Option
 from ..training.train import augment_batch, make_scheduler
 from .base import RepairContext, RepairResult, register_method
-from .finetune import BN_MODE, UNFOLD, Training, WeightEdit, resolve_augment
+from .finetune import BN_MODE, UNFOLD, Training, WeightEdit, augment_option, resolve_augment
 
 SOURCE = "BackdoorBench config/defense/ft-sam/cifar10.yaml"
 OPTIONS = [
@@ -31,8 +31,7 @@ OPTIONS = [
     Option("batch_size", int, 256, "images per step", SOURCE, minimum=1),
     Option("momentum", float, 0.9, "SGD momentum", SOURCE, minimum=0, maximum=1, open_max=True),
     Option("weight_decay", float, 5e-4, "SGD weight decay", SOURCE, minimum=0),
-    Option("augment", str, "auto", "random crops and flips (auto: for RGB images)",
-           choices=("auto", "crop-flip", "none")),
+    augment_option(),
     BN_MODE,
     UNFOLD,
 ]
@@ -54,7 +53,7 @@ def run_ftsam(ctx: RepairContext, **opts) -> RepairResult:
     bs = min(opts["batch_size"], len(raw))
     iterations = opts["epochs"] * (len(raw) // bs)
     gen = torch.Generator().manual_seed(ctx.seed)
-    aug = resolve_augment(opts["augment"], raw.shape[1])
+    aug = resolve_augment(opts["augment"], ctx, raw)
     feed = batches(len(raw), bs, gen)
     curve = []
     with WeightEdit(ctx) as edit:

@@ -27,7 +27,7 @@ from ..graph.masks import batches
 from ..options import Option
 from ..training.train import augment_batch
 from .base import RepairContext, RepairResult, register_method
-from .finetune import UNFOLD, Training, WeightEdit, finetune, resolve_augment
+from .finetune import UNFOLD, Training, WeightEdit, augment_option, finetune, resolve_augment
 
 SOURCE = "ANP Sec. 4.1 (MCR(0.3), 200 epochs); BackdoorBench config/defense/mcr"
 OPTIONS = [
@@ -40,8 +40,7 @@ OPTIONS = [
     Option("ft_lr", float, 0.01, "SGD learning rate of that fine-tuning (cosine)", SOURCE, minimum=0, open_min=True),
     Option("batch_size", int, 128, "images per step", SOURCE, minimum=1),
     Option("weight_decay", float, 5e-4, "SGD weight decay", SOURCE, minimum=0),
-    Option("augment", str, "auto", "random crops and flips (auto: for RGB images)", "ANP Sec. 4.1",
-           choices=("auto", "crop-flip", "none")),
+    augment_option("ANP Sec. 4.1"),
     UNFOLD,
 ]
 
@@ -69,7 +68,7 @@ def run_mcr(ctx: RepairContext, **opts) -> RepairResult:
     bs = min(opts["batch_size"], len(raw))
     per_epoch = max(len(raw) // bs, 1)
     gen = torch.Generator().manual_seed(ctx.seed)
-    aug = resolve_augment(opts["augment"], raw.shape[1])
+    aug = resolve_augment(opts["augment"], ctx, raw)
     with WeightEdit(ctx) as edit:
         params = ctx.trainable()
         if not params:
@@ -80,7 +79,7 @@ def run_mcr(ctx: RepairContext, **opts) -> RepairResult:
             w0 = [p.detach().clone() for p in plist]
             ft_log = finetune(ctx, raw, y, lr=opts["ft_lr"], iterations=opts["ft_epochs"] * per_epoch, batch_size=bs,
                               momentum=0.9, weight_decay=opts["weight_decay"], schedule="cosine",
-                              augment=opts["augment"], bn_mode="update", session=session,
+                              augment=aug or "none", bn_mode="update", session=session,
                               progress_desc="MCR fine-tuned end")
             w1 = [p.detach().clone() for p in plist]
             bend = [nn.Parameter((a + b) / 2) for a, b in zip(w0, w1)]

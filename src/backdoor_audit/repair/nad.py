@@ -24,7 +24,7 @@ from ..errors import SpecError
 from ..options import Option
 from ..util import class_scores
 from .base import RepairContext, RepairResult, register_method
-from .finetune import BN_MODE, UNFOLD, WeightEdit, finetune
+from .finetune import BN_MODE, UNFOLD, WeightEdit, finetune, augment_option
 
 SOURCE = "NAD authors' code; WIPER appendix A.4"
 OPTIONS = [
@@ -35,8 +35,7 @@ OPTIONS = [
     Option("p", float, 2.0, "power of the attention map", SOURCE, minimum=0, open_min=True),
     Option("batch_size", int, 64, "images per step", SOURCE, minimum=1),
     Option("weight_decay", float, 1e-4, "SGD weight decay", SOURCE, minimum=0),
-    Option("augment", str, "auto", "random crops and flips (auto: for RGB images)",
-           choices=("auto", "crop-flip", "none")),
+    augment_option(),
     BN_MODE,
     UNFOLD,
 ]

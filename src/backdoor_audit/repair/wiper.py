@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ..errors import SpecError
 from ..options import Option
 from .base import RepairContext, RepairResult, register_method
-from .finetune import BN_MODE, UNFOLD, WeightEdit, finetune
+from .finetune import BN_MODE, UNFOLD, WeightEdit, finetune, augment_option
 
 SOURCE = "WIPER Sec. 5.1"
 OPTIONS = [
@@ -36,8 +36,7 @@ OPTIONS = [
     Option("batch_size", int, 128, "images per step", SOURCE, minimum=1),
     Option("momentum", float, 0.9, "SGD momentum", minimum=0, maximum=1, open_max=True),
     Option("weight_decay", float, 5e-4, "SGD weight decay", minimum=0),
-    Option("augment", str, "auto", "random crops and flips (auto: for RGB images)",
-           choices=("auto", "crop-flip", "none")),
+    augment_option(),
     BN_MODE,
     UNFOLD,
 ]

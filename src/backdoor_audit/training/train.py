@@ -172,8 +172,10 @@ def make_scheduler(opt: torch.optim.Optimizer, schedule: str, lr: float, total_s
 
 
 def augment_batch(x: torch.Tensor, augment: str | None, gen: torch.Generator) -> torch.Tensor:
-    """The batch ``x`` augmented as ``augment`` says ("crop-flip" or None), drawing from ``gen``."""
-    return _crop_flip(x, gen) if augment == "crop-flip" else x
+    """The batch ``x`` augmented as ``augment`` says ("crop-flip", "crop" or None), drawing from ``gen``."""
+    if augment in ("crop-flip", "crop"):
+        return _crop_flip(x, gen, flip=augment == "crop-flip")
+    return x
 
 
 def predict(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
@@ -200,8 +202,9 @@ def check_label_range(model: nn.Module, x_all: torch.Tensor, images: ImageSet) -
                         f"but the model has {n_out} outputs")
 
 
-def _crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random crops of the zero-padded batch (shift up to ``pad`` px) and random horizontal flips."""
+def _crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4, flip: bool = True) -> torch.Tensor:
+    """Random crops of the zero-padded batch (shift up to ``pad`` px) and, with ``flip``, random
+    horizontal flips."""
     n, c, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
@@ -211,5 +214,7 @@ def _crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Ten
     batch = torch.arange(n, device=x.device)[:, None, None, None]
     chan = torch.arange(c, device=x.device)[None, :, None, None]
     out = padded[batch, chan, rows, cols]
-    flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
-    return torch.where(flip[:, None, None, None], out.flip(3), out)
+    if not flip:
+        return out
+    flipped = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+    return torch.where(flipped[:, None, None, None], out.flip(3), out)

@@ -11,7 +11,9 @@ ASR falls are shown on the zoo's CIFAR-10 and GTSRB files instead (docs/bench-re
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import torch
 
 from backdoor_audit.evaluation.evaluate import evaluate
 from backdoor_audit.inputs import model_preprocess
@@ -56,13 +58,12 @@ def before(tiny_backdoor):
 BN_ONLY = {"bnp"}
 
 
-def _poisoned_training_set(spec):
-    """A training set poisoned as the tiny model's was: the same 3000 digits, the same attack."""
-    from backdoor_audit.attacks import get_attack
+def _poisoned_training_set(path):
+    """The set the tiny model was trained on (its 3000 digits, attacker share, poisoned), rebuilt."""
     from backdoor_audit.data import demo_sample_path, load_images
+    from backdoor_audit.zoo.training_set import rebuild_training_set
 
-    train = load_images(demo_sample_path(), split="train").subset(slice(0, 3000))
-    return get_attack(spec).poison(train)[0]
+    return rebuild_training_set(path, load_images(demo_sample_path(), split="train").subset(slice(0, 3000)))
 
 
 def test_ep_says_it_needs_the_training_data(tmp_path, tiny_backdoor):
@@ -74,6 +75,36 @@ def test_ep_says_it_needs_the_training_data(tmp_path, tiny_backdoor):
     assert not (tmp_path / "o.onnx").exists()
 
 
+def test_ep_holds_a_pruned_conv_channel_at_its_mean_on_the_training_data(tmp_path, tiny_backdoor):
+    """No BN to zero a scale of (a folded file, or this CNN): the channel's weight is zeroed and its
+    bias becomes its mean output on the training data, what a kept BN's shift would give it."""
+    import onnx
+    from onnx import numpy_helper
+
+    from backdoor_audit.graph.model import open_model
+    from backdoor_audit.inputs import fit_images
+
+    path, clean, _, _ = tiny_backdoor
+    train = _poisoned_training_set(path)
+    out = tmp_path / "ep.onnx"
+    repair_model(path, clean, "ep", out, {"u": 1.0}, train=train)  # u=1 prunes a few channels here
+    m = open_model(path, "cpu")
+    x = fit_images(m.proto, train, m.executor.device).x
+    after = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
+    checked = 0
+    for layer in [l for l in m.inventory.layers if l.kind == "conv" and not l.head]:
+        pruned = np.flatnonzero(np.abs(after[layer.weight]).reshape(len(after[layer.weight]), -1).sum(1) == 0)
+        if not len(pruned):
+            continue
+        t = m.executor.node_output(layer.name)
+        with torch.no_grad():
+            mean = torch.cat([m.executor.run(x[i:i + 256], capture=[t])[t].mean((2, 3))
+                              for i in range(0, len(x), 256)]).mean(0).numpy()
+        np.testing.assert_allclose(after[layer.bias][pruned], mean[pruned], rtol=1e-4, atol=1e-5)
+        checked += len(pruned)
+    assert checked > 0
+
+
 @pytest.mark.parametrize("method", sorted(set(CASES) - BN_ONLY))
 def test_method_end_to_end_on_a_backdoored_model(tmp_path, tiny_backdoor, before, method):
     path, clean, test, spec = tiny_backdoor
@@ -81,7 +112,7 @@ def test_method_end_to_end_on_a_backdoored_model(tmp_path, tiny_backdoor, before
     needs = METHODS.get(method).needs
     needs_data = "none" not in needs
     out = tmp_path / f"{method}.onnx"
-    train = _poisoned_training_set(spec) if "train" in needs else None
+    train = _poisoned_training_set(path) if "train" in needs else None
     rep = repair_model(path, clean if needs_data else None, method, out, options, train=train)
     assert rep.parity_max_abs <= 1e-4
     after = evaluate(out, test, model_preprocess(load_model(out), test), spec)

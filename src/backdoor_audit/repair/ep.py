@@ -10,7 +10,8 @@ here that sees more than the defender's clean set, because its paper's threat mo
 
 Where BN was folded into the convolution, the conv output is the BN input up to the per-channel
 affine map, which the standardisation removes (for a positive scale), so EP reads the conv output
-and prunes the conv channel (weight zeroed, bias kept).
+and prunes the conv channel: weight zeroed, bias set to the channel's mean output on the training
+data, which is what a kept BN's shift gives a pruned channel.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 from ..errors import SpecError
 from ..options import Option
-from .base import RepairContext, RepairResult, layer_limit, register_method
+from .base import RepairContext, RepairResult, layer_limit, mean_biases, register_method
 
 OPTIONS = [
     Option("u", float, 3.0, "prune neurons whose entropy is below mean - u * std of their layer",
@@ -63,12 +64,16 @@ def run_ep(ctx: RepairContext, *, u: float, step: float, n_images: int) -> Repai
         raise SpecError("ep needs BatchNormalization or convolution layers with initializer weights")
     x = ctx.train_x if n_images == 0 else ctx.train_x[:n_images]
     maxima: dict[str, list[torch.Tensor]] = {t: [] for t in tensors}
+    sums = {t: 0.0 for t in tensors}  # per-channel sums of the conv outputs, for a pruned channel's mean
     with torch.no_grad():
         for i in range(0, len(x), 256):
             got = ex.run(x[i:i + 256], capture=tensors)
             for t in tensors:
                 a = got[t]
-                maxima[t].append(a.reshape(a.shape[0], a.shape[1], -1).max(-1).values.T.double())
+                flat = a.reshape(a.shape[0], a.shape[1], -1)
+                maxima[t].append(flat.max(-1).values.T.double())
+                if not bns:
+                    sums[t] = sums[t] + flat.double().mean(-1).sum(0)
     masks, scores = {}, {}
     for layer, t in zip(units, tensors):
         feats = torch.cat(maxima[t], dim=1)
@@ -77,5 +82,11 @@ def run_ep(ctx: RepairContext, *, u: float, step: float, n_images: int) -> Repai
         limit = layer_limit(ent, -u)  # low entropy is the outlier
         masks[layer.name] = (ent >= limit).astype(np.float32)
         scores[layer.name] = ent.astype(np.float32)
+    # A pruned BN channel keeps its shift (the authors zero the scale): its mean output on the
+    # training data. A pruned conv channel of a folded file is held at that mean too: its weight is
+    # zeroed and its bias set to its mean output on the training data (zeroing the weight alone
+    # would leave the folded bias, beta - gamma * mu / sigma, not beta).
+    new = {} if bns else mean_biases(ctx, {l.name: (sums[t] / len(x), None) for l, t in zip(units, tensors)}, masks)
     return RepairResult("ep", {"u": u, "step": step, "n_images": n_images}, masks=masks, semantics="keep-bias",
-                        scores=scores, log={"images": int(len(x)), "on": "bn" if bns else "conv"})
+                        scores=scores, new_weights=new or None,
+                        log={"images": int(len(x)), "on": "bn" if bns else "conv"})

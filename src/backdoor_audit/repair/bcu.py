@@ -8,7 +8,8 @@ stages and 0.10 for the classifier), which breaks the trigger's path more than t
 features, which distillation then restores: KL divergence between the softened outputs, with a
 temperature rising from 1 to 4 over training. As in the authors' ``distillation_dropout_increase.py``:
 SGD at lr 0.01, momentum 0.9, weight decay 5e-4, cosine over 100 epochs, batches of 256,
-random crops and flips, the student in train mode; the teacher's running statistics fixed.
+random crops and flips (flips only where the model is flip-invariant: ``augment=auto``), the
+student in train mode; the teacher's running statistics fixed.
 
 An ONNX file has no stage names; the stages are the groups of conv layers by output size, the
 first conv is the stem and the last linear layer the classifier; with fewer than four stages the

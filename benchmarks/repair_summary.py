@@ -16,6 +16,8 @@ import json
 import sys
 from pathlib import Path
 
+from backdoor_audit.bench.repair import meets_bar
+
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "bench-repair.jsonl"
 
 
@@ -50,17 +52,12 @@ def main(argv: list[str]) -> None:
                     r = hit[-1]
                     before = r["before"]
                     asr = "-" if r["after"]["asr"] is None else f"{r['after']['asr']:.2f}"
-                    good = r["after"]["asr"] is not None and r["after"]["asr"] <= 5 and \
-                        r["before"]["acc"] - r["after"]["acc"] <= 3
+                    good = meets_bar(r)
                     cell = f"{r['after']['acc']:.2f} / {asr}"
                     cells.append(f"**{cell}**" if good else cell)
                 if before is not None:
                     basr = "-" if before["asr"] is None else f"{before['asr']:.2f}"
                     print(f"| {model.split('/')[1]} | {before['acc']:.2f} / {basr} | " + " | ".join(cells) + " |")
-
-
-def _bar(r: dict) -> bool:
-    return r["after"]["asr"] <= 5 and r["before"]["acc"] - r["after"]["acc"] <= 3
 
 
 def per_method(s: str, rs: list[dict]) -> None:
@@ -77,8 +74,8 @@ def per_method(s: str, rs: list[dict]) -> None:
             clean = [r for r in mine if r["attack"] == "clean"]
             drop = lambda g: f"{sum(r['before']['acc'] - r['after']['acc'] for r in g) / len(g):.2f}" if g else ""  # noqa: E731
             asr = f"{sum(r['after']['asr'] for r in one) / len(one):.2f}" if one else ""
-            print(f"| {variant} | `{method}` | {sum(map(_bar, one))} of {len(one)} | {drop(one)} | {asr} | "
-                  f"{sum(map(_bar, a2a))} of {len(a2a)} | {drop(clean)} |")
+            print(f"| {variant} | `{method}` | {sum(map(meets_bar, one))} of {len(one)} | {drop(one)} | {asr} | "
+                  f"{sum(map(meets_bar, a2a))} of {len(a2a)} | {drop(clean)} |")
 
 
 if __name__ == "__main__":

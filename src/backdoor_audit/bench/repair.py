@@ -58,9 +58,14 @@ class Job:
     row: dict[str, Any]  # the manifest row of the source model
     label: str = ""  # the method as named on the command line, e.g. "anp:renorm=conv"
 
+    @property
+    def needs_training(self) -> bool:
+        """Whether the method reads the model's training set (EP), which the bench rebuilds."""
+        return "train" in METHODS.get(self.method).needs
+
     def key(self, model_sha: str, clean_sha: str, n_clean: int) -> str:
         parts = [model_sha, self.method, self.options, clean_sha, n_clean]
-        if "train" in METHODS.get(self.method).needs:
+        if self.needs_training:
             parts.append("training set rebuilt from the model's metadata")  # EP; it once ran without one
         text = json.dumps(parts, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:20]
@@ -221,7 +226,7 @@ def run_bench(zoo_dir, jobs: list[Job], results: Path, *, n_clean: int = 500, co
                    "threads": torch.get_num_threads()}  # the child inherits them (OMP_NUM_THREADS)
             out = work / f"{key}.onnx"
             try:
-                train = sets.training(job, work) if "train" in METHODS.get(job.method).needs else None
+                train = sets.training(job, work) if job.needs_training else None
                 rep, wall = _repair_process(job, clean, n_clean, out, train)
                 a = evaluate(out, test, pre, spec)
                 nc = nc_log(rep["log"])
@@ -242,6 +247,12 @@ def run_bench(zoo_dir, jobs: list[Job], results: Path, *, n_clean: int = 500, co
 
 
 # ------------------------------------------------------------------------------------ the tables
+def meets_bar(row: dict) -> bool:
+    """The defence issue's bar for one finished row: ASR <= 5% at an ACC drop <= 3 points."""
+    asr = row["after"]["asr"]
+    return asr is not None and asr <= 5 and row["before"]["acc"] - row["after"]["acc"] <= 3
+
+
 def markdown(rows: list[dict]) -> str:
     """Per-model rows, then means per (set, variant, method) over the all-to-one dirty-label models."""
     lines = ["| model | file | method | ACC before | ACC after | ASR before | ASR after | pruned | re-trained | "
@@ -264,7 +275,7 @@ def markdown(rows: list[dict]) -> str:
         for (s, variant, method), rs in sorted(groups.items()):
             drop = np.mean([r["before"]["acc"] - r["after"]["acc"] for r in rs])
             asr = np.mean([r["after"]["asr"] for r in rs])
-            ok = sum(r["after"]["asr"] <= 5 and r["before"]["acc"] - r["after"]["acc"] <= 3 for r in rs)
+            ok = sum(map(meets_bar, rs))
             lines.append(f"| {s} | {variant} | {method} | {len(rs)} | {drop:.2f} | {asr:.2f} | {ok} of {len(rs)} | "
                          f"{np.mean([r['wall'] for r in rs]):.0f} |")
     return "\n".join(lines) + "\n"

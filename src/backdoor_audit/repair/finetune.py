@@ -153,8 +153,8 @@ def finetune(ctx: RepairContext, raw: torch.Tensor, y: torch.Tensor, *, lr: floa
             raise SpecError("lr_steps goes with schedule 'constant'")
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=lr_steps, gamma=0.1)
     gen = torch.Generator().manual_seed(ctx.seed)
-    if augment == "auto" and not own:
-        raise SpecError("resolve augment='auto' before entering a training session (resolve_augment)")
+    # a caller's session has already changed the model: 'auto' must be judged on the suspect one
+    assert own or augment != "auto", "resolve augment='auto' before entering a training session"
     aug = resolve_augment(augment, ctx, raw)
     feed = batches(len(raw), min(batch_size, len(raw)), gen)
     bar = None

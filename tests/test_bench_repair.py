@@ -50,6 +50,20 @@ def test_bench_runs_resumes_and_writes_tables(tmp_path, tiny_backdoor):
     assert " ... " not in again.output  # no job started
 
 
+def test_a_bf16_job_is_its_own_row_beside_the_float32_one(tmp_path, tiny_backdoor):
+    zoo = _zoo(tmp_path, tiny_backdoor)
+    results = tmp_path / "r.jsonl"
+    args = ["bench", "repair", "--zoo", str(zoo), "--methods", "ft:iterations=5;batch_size=64", "--clean", "300",
+            "--results", str(results), "--out", str(tmp_path / "b.md")]
+    for extra in ([], ["--precision", "bf16"], ["--precision", "bf16"]):
+        res = CliRunner().invoke(main, args + extra)
+        assert res.exit_code == 0, res.output + res.stderr
+    rows = [json.loads(l) for l in results.read_text().splitlines()]  # the second bf16 run reused the first
+    assert [(r["method"], r["precision"], r["status"]) for r in rows] == [
+        ("ft:iterations=5;batch_size=64", "float32", "ok"), ("ft:iterations=5;batch_size=64 [bf16]", "bf16", "ok")]
+    assert rows[0]["key"] != rows[1]["key"]
+
+
 def test_bench_plan_lists_folded_copies_only_for_bn_models(tmp_path, tiny_backdoor):
     zoo = _zoo(tmp_path, tiny_backdoor)
     res = CliRunner().invoke(main, ["bench", "repair", "--zoo", str(zoo), "--methods", "clp", "--plan"])

@@ -345,3 +345,31 @@ def test_the_default_is_clp_i_bau_then_nc_with_data_and_clp_alone_without(tmp_pa
     nc = shipped_calibration()["neural-cleanse"]
     # NC judges as `audit scan` does: its shipped threshold and run length, not the paper's 2
     assert opts["i-bau.rounds"] == 10 and opts["nc.anomaly"] == nc["value"] and opts["nc.re_steps"] == nc["steps"]
+
+
+def test_bf16_runs_the_method_under_autocast_and_writes_a_float32_file(tmp_path, monkeypatch, mnist_model,
+                                                                      mnist_images):
+    """--precision bf16: the method's convolutions run in bfloat16, the accuracy checks and the written
+    file stay float32, and the file still matches the executor within 1e-4."""
+    import dataclasses
+
+    entry = METHODS.get("ft")
+    seen = {}
+
+    def spy(ctx, **opts):
+        seen.update(autocast=torch.is_autocast_enabled("cpu"), dtype=torch.get_autocast_dtype("cpu"))
+        return entry.run(ctx, **opts)
+
+    monkeypatch.setitem(METHODS.entries, "ft", dataclasses.replace(entry, run=spy))
+    opts = {"iterations": 3, "batch_size": 16}
+    rep = repair_model(mnist_model, mnist_images, "ft", tmp_path / "b.onnx", opts, device="cpu", precision="bf16")
+    assert seen == {"autocast": True, "dtype": torch.bfloat16}
+    assert rep.precision == "bf16" and rep.parity_max_abs <= 1e-4
+    assert all(t.data_type == onnx.TensorProto.FLOAT for t in onnx.load(str(tmp_path / "b.onnx")).graph.initializer
+               if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.BFLOAT16))
+    assert not torch.is_autocast_enabled("cpu")
+    res = run("repair", mnist_model, "--data", tmp_path / "none.npz", "--out", tmp_path / "c.onnx",
+              "--precision", "half")
+    assert res.exit_code == 2 and "half" in res.stderr
+    with pytest.raises(SpecError, match="precision"):
+        repair_model(mnist_model, mnist_images, "ft", tmp_path / "d.onnx", opts, precision="fp8")

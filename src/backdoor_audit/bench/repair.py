@@ -57,6 +57,7 @@ class Job:
     options: dict[str, Any]
     row: dict[str, Any]  # the manifest row of the source model
     label: str = ""  # the method as named on the command line, e.g. "anp:renorm=conv"
+    precision: str = "float32"  # `audit repair --precision`
 
     @property
     def needs_training(self) -> bool:
@@ -67,6 +68,8 @@ class Job:
         parts = [model_sha, self.method, self.options, clean_sha, n_clean]
         if self.needs_training:
             parts.append("training set rebuilt from the model's metadata")  # EP; it once ran without one
+        if self.precision != "float32":
+            parts.append(self.precision)  # float32 keys stay what they were before the option existed
         text = json.dumps(parts, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:20]
 
@@ -108,12 +111,14 @@ def method_variants(text: str) -> list[tuple[str, str, dict[str, str]]]:
 
 
 def plan(zoo_dir: Path, methods: list[tuple[str, str, dict[str, str]]], only: list[str] | None, folded: bool,
-         params: dict[str, dict[str, Any]] | None = None, *, as_built: bool = True) -> list[Job]:
+         params: dict[str, dict[str, Any]] | None = None, *, as_built: bool = True,
+         precision: str = "float32") -> list[Job]:
     """The jobs, in the order the issue asks for: CIFAR-10 dirty-label models and their folded
     copies first, then GTSRB, then MNIST, then the rest (clean models last in each set).
     ``methods`` are (label, method, options) from :func:`method_variants`; ``params`` more options
     per method name, for every variant of it; ``as_built`` False leaves out the files as they are
-    (only their folded copies)."""
+    (only their folded copies); ``precision`` the `audit repair --precision` of every job (a bf16
+    job's method is labelled "METHOD [bf16]" in the tables)."""
     manifest = read_manifest(zoo_dir)
     order = {"cifar10": 0, "gtsrb": 1, "mnist": 2}
     rows = [r for r in manifest.values() if not only or any(fnmatch.fnmatch(r["id"], g) for g in only)]
@@ -131,7 +136,8 @@ def plan(zoo_dir: Path, methods: list[tuple[str, str, dict[str, str]]], only: li
         for variant, path in variants:
             for label, m, given in methods:
                 opts = METHODS.get(m).resolve({**(params or {}).get(m, {}), **given})
-                jobs.append(Job(r["id"], variant, path, m, opts, r, label))
+                tag = "" if precision == "float32" else f" [{precision}]"
+                jobs.append(Job(r["id"], variant, path, m, opts, r, label + tag, precision))
     return jobs
 
 
@@ -182,6 +188,8 @@ def _repair_process(job: Job, clean: Path, n_clean: int, out: Path, train: Path 
         cmd += ["--train-data", str(train)]
     for k, v in job.options.items():
         cmd += ["--param", f"{k}={'none' if v is None else v}"]
+    if job.precision != "float32":
+        cmd += ["--precision", job.precision]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -222,7 +230,7 @@ def run_bench(zoo_dir, jobs: list[Job], results: Path, *, n_clean: int = 500, co
             row = {"key": key, "model": job.model_id, "variant": job.variant, "set": job.row["set"],
                    "attack": job.row["attack"], "mode": job.row["mode"], "method": job.label or job.method,
                    "options": job.options,
-                   "n_clean": n_clean, "before": befores[model_sha], "tool": __version__,
+                   "n_clean": n_clean, "before": befores[model_sha], "tool": __version__, "precision": job.precision,
                    "threads": torch.get_num_threads()}  # the child inherits them (OMP_NUM_THREADS)
             out = work / f"{key}.onnx"
             try:

@@ -28,13 +28,15 @@ def bench():
 @click.option("--folded-only", is_flag=True, help="repair only the BN-folded copies (of models that keep BN)")
 @click.option("--param", "params", multiple=True, metavar="METHOD.KEY=VALUE",
               help="a method option for this run, e.g. anp.iterations=200 (repeatable)")
+@click.option("--precision", type=click.Choice(["float32", "bf16"]), default="float32", show_default=True,
+              help="`audit repair --precision` for every job (bf16 rows are labelled 'METHOD [bf16]')")
 @click.option("--results", type=click.Path(), default="docs/bench-repair.jsonl", show_default=True,
               help="one JSON line per finished job; a rerun skips what it holds")
 @click.option("--out", type=click.Path(), default="docs/bench-repair.md", show_default=True,
               help="the Markdown table (and the same rows as JSON beside it)")
 @click.option("--plan", "plan_only", is_flag=True, help="list the jobs and stop")
 @handle_errors
-def repair(zoo_dir, config, methods, n_clean, only, folded, folded_only, params, results, out, plan_only):
+def repair(zoo_dir, config, methods, n_clean, only, folded, folded_only, params, precision, results, out, plan_only):
     """Run repair methods on every zoo model (and its folded copy), resumably; write the tables."""
     import json
 
@@ -54,7 +56,8 @@ def repair(zoo_dir, config, methods, n_clean, only, folded, folded_only, params,
         if not sep:
             raise SpecError(f"--param {key}: name the method, as METHOD.KEY=VALUE")
         per_method.setdefault(method, {})[option] = value
-    jobs = plan(Path(zoo_dir), variants, list(only), folded or folded_only, per_method, as_built=not folded_only)
+    jobs = plan(Path(zoo_dir), variants, list(only), folded or folded_only, per_method, as_built=not folded_only,
+                precision=precision)
     if plan_only:
         for j in jobs:
             click.echo(f"{j.model_id:32s} {j.variant:9s} {j.label}")

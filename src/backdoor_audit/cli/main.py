@@ -78,6 +78,9 @@ def inspect(model, as_json):
               help="the model's (possibly poisoned) training data, for methods that need it (ep); its train "
                    "split when it has splits")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--precision", type=click.Choice(["float32", "bf16"]), default="float32", show_default=True,
+              help="run the method's own computation in bf16 autocast (faster on CPUs with AVX512-BF16/AMX and "
+              "on GPUs; the written file stays float32; docs/performance.md)")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 @click.option("--rescan", is_flag=True,
               help="scan the repaired file afterwards (graph, mm-bd, and neural-cleanse with labeled data) and report "
@@ -85,8 +88,8 @@ def inspect(model, as_json):
 @click.option("--list", "list_methods", is_flag=True,
               help="list the methods with their options, defaults, sources and data needs")
 @handle_errors
-def repair(model, data, split, layout, mean, std, device, method, params, out, n_clean, train_data, seed, as_json,
-           rescan, list_methods):
+def repair(model, data, split, layout, mean, std, device, method, params, out, n_clean, train_data, seed, precision,
+           as_json, rescan, list_methods):
     """Repair MODEL with a defence method on the defender's clean data; write --out."""
     from ..options import parse_assignments
     from ..repair import METHODS
@@ -109,7 +112,7 @@ def repair(model, data, split, layout, mean, std, device, method, params, out, n
     train = None if train_data is None else load_training(train_data)
     report = repair_model(model, clean, method, out, options, device=device, layout=layout,
                           mean=floats(mean, "--mean"), std=floats(std, "--std"), seed=seed,
-                          progress=not as_json and sys.stderr.isatty(), train=train)
+                          progress=not as_json and sys.stderr.isatty(), train=train, precision=precision)
     if rescan:
         from ..audit.scan import scan_model
 
@@ -136,7 +139,8 @@ def _print_repair(report, clean) -> None:
         did.append(f"pruned {len(report.pruned)} of {report.units} neurons ({report.total_neurons} in the model)")
     if report.rewritten:
         did.append(f"re-trained {len(report.rewritten)} weight tensors")
-    click.echo(f"{report.method}: {'; '.join(did) or 'changed nothing'} in {report.seconds:.1f} s")
+    bf16 = " (bf16 autocast)" if report.precision == "bf16" else ""
+    click.echo(f"{report.method}: {'; '.join(did) or 'changed nothing'} in {report.seconds:.1f} s{bf16}")
     if "flagged" in report.log:
         index = report.log["anomaly_index"]
         flagged = ", ".join(f"class {c} (anomaly index {index[c]:.2f})" for c in report.log["flagged"])

@@ -53,6 +53,8 @@ def default_method(has_data: bool) -> tuple[str, dict]:
                             "nc.anomaly": nc.get("value", 2.0)}
 
 
+#: what a method's own computation may run in; the written file and its check stay float32
+PRECISIONS = ("float32", "bf16")
 PARITY_TOL = 1e-4
 HALF_PARITY_TOL = 2e-2
 PARITY_IMAGES = 256  # images the written file is checked on (random pixels in data-free mode)
@@ -75,6 +77,7 @@ class RepairReport:
     rewritten: list[str] = field(default_factory=list)  # initializers given new values (besides masks)
     inserted: list[str] = field(default_factory=list)  # nodes the repair added to the graph
     log: dict = field(default_factory=dict)
+    precision: str = "float32"
 
     def to_json(self) -> str:
         d = dict(self.__dict__)
@@ -92,10 +95,15 @@ def _jsonable(o):
 
 def repair_model(model_path, clean: ImageSet | None, method: str, out_path, options: dict | None = None, *,
                  device=None, layout=None, mean=None, std=None, seed: int = 0, progress: bool = False,
-                 train: ImageSet | None = None) -> RepairReport:
+                 train: ImageSet | None = None, precision: str = "float32") -> RepairReport:
     """Run ``method`` on the model at ``model_path`` with the defender's ``clean`` images (None for a
     data-free method) and write the repaired model to ``out_path``. ``train``: the model's training
-    data, passed on only to a method that needs it (``needs="train"``)."""
+    data, passed on only to a method that needs it (``needs="train"``). ``precision`` "bf16" runs
+    the method under bfloat16 autocast (convolutions and matrix products in bf16, weights, masks and
+    optimiser state in float32); the accuracy checks, the written file and its parity check do not
+    change (docs/performance.md measures what it does to ACC/ASR and time)."""
+    if precision not in PRECISIONS:
+        raise SpecError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     entry = METHODS.get(method)
     opts = entry.resolve(options)
     model_path, out_path = Path(model_path), Path(out_path)
@@ -127,7 +135,8 @@ def repair_model(model_path, clean: ImageSet | None, method: str, out_path, opti
     torch.manual_seed(seed)
     acc_before = accuracy(m.executor, ctx.x, ctx.y) if ctx.x is not None and ctx.y is not None else float("nan")
     t0 = time.perf_counter()
-    result = entry.run(ctx, **opts)
+    with torch.autocast(m.executor.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        result = entry.run(ctx, **opts)
     seconds = time.perf_counter() - t0
     writes = result_writes(m, result)
     prov = provenance(method, _plain(result.params), m.sha256, model_path.name,
@@ -139,7 +148,7 @@ def repair_model(model_path, clean: ImageSet | None, method: str, out_path, opti
                         m.inventory.total, acc_before, acc_after, seconds, peak_rss_mb(), parity,
                         n_clean=0 if clean is None else len(clean), rewritten=sorted(result.new_weights or {}),
                         inserted=[i.name for i in result.inserts or []],
-                        log={k: v for k, v in result.log.items() if k != "curve"})
+                        log={k: v for k, v in result.log.items() if k != "curve"}, precision=precision)
 
 
 def _plain(params: dict) -> dict:

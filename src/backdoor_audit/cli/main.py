@@ -79,8 +79,9 @@ def inspect(model, as_json):
                    "split when it has splits")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--precision", type=click.Choice(["float32", "bf16"]), default="float32", show_default=True,
-              help="run the method's own computation in bf16 autocast (faster on CPUs with AVX512-BF16/AMX and "
-              "on GPUs; the written file stays float32; docs/performance.md)")
+              help="experimental: run the method's own computation in bf16 autocast (about 0.8x the time on "
+              "CPUs with AVX512-BF16/AMX; the written file stays float32). It breaks I-BAU, and so the default: "
+              "docs/performance.md")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 @click.option("--rescan", is_flag=True,
               help="scan the repaired file afterwards (graph, mm-bd, and neural-cleanse with labeled data) and report "

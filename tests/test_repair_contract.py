@@ -373,3 +373,7 @@ def test_bf16_runs_the_method_under_autocast_and_writes_a_float32_file(tmp_path,
     assert res.exit_code == 2 and "half" in res.stderr
     with pytest.raises(SpecError, match="precision"):
         repair_model(mnist_model, mnist_images, "ft", tmp_path / "d.onnx", opts, precision="fp8")
+    from backdoor_audit.cli.common import PRECISION
+    from backdoor_audit.repair.run import PRECISIONS
+
+    assert tuple(PRECISION.choices) == PRECISIONS  # the CLI's torch-free copy

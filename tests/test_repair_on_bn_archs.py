@@ -66,16 +66,20 @@ def exported(tmp_path_factory):
     return out
 
 
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_folding_removes_every_bn_but_the_cnn_s_fc_one(exported, arch):
+    from backdoor_audit.graph.load import load_model
+    from backdoor_audit.graph.neurons import build_inventory
+
+    bns = {v: sum(l.kind == "bn" for l in build_inventory(load_model(p)).layers) for v, p in exported[arch].items()}
+    assert bns["folded"] < bns["bn"] and (bns["folded"] == 0) == (arch == "small-resnet"), bns
+
+
 @pytest.mark.parametrize("variant", ["bn", "folded"])
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 @pytest.mark.parametrize("method", sorted(TINY))
 def test_method_runs_on_a_bn_architecture(tmp_path, exported, cifar_images, mnist_images, method, arch, variant):
-    from backdoor_audit.graph.load import load_model
-    from backdoor_audit.graph.neurons import build_inventory
-
     path = exported[arch][variant]
-    bns = {v: sum(l.kind == "bn" for l in build_inventory(load_model(p)).layers) for v, p in exported[arch].items()}
-    assert bns["folded"] < bns["bn"] and (bns["folded"] == 0) == (arch == "small-resnet"), bns
     images = cifar_images if ARCHS[arch][0] == 3 else mnist_images
     needs = METHODS.get(method).needs
     data = None if "none" in needs else images

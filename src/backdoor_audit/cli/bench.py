@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .common import CACHE_DIR, handle_errors
+from .common import CACHE_DIR, PRECISION, handle_errors
 
 
 @click.group()
@@ -28,7 +28,7 @@ def bench():
 @click.option("--folded-only", is_flag=True, help="repair only the BN-folded copies (of models that keep BN)")
 @click.option("--param", "params", multiple=True, metavar="METHOD.KEY=VALUE",
               help="a method option for this run, e.g. anp.iterations=200 (repeatable)")
-@click.option("--precision", type=click.Choice(["float32", "bf16"]), default="float32", show_default=True,
+@click.option("--precision", type=PRECISION, default="float32", show_default=True,
               help="`audit repair --precision` for every job (bf16 rows are labelled 'METHOD [bf16]')")
 @click.option("--results", type=click.Path(), default="docs/bench-repair.jsonl", show_default=True,
               help="one JSON line per finished job; a rerun skips what it holds")

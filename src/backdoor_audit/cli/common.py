@@ -12,6 +12,9 @@ import click
 from ..errors import AuditError
 
 CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "backdoor-audit")
+#: `--precision` of `audit repair` and `audit bench repair`: repair.run.PRECISIONS, named here so
+#: that the CLI does not import torch to parse its options (a test keeps the two equal)
+PRECISION = click.Choice(["float32", "bf16"])
 
 
 def fail(message: str) -> None:

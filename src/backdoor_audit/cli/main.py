@@ -13,7 +13,7 @@ import click
 
 from .. import __version__
 from ..errors import AuditError
-from .common import CACHE_DIR, data_options, floats, handle_errors, load, load_training
+from .common import CACHE_DIR, PRECISION, data_options, floats, handle_errors, load, load_training
 from .bench import bench
 from .zoo import zoo
 
@@ -78,7 +78,7 @@ def inspect(model, as_json):
               help="the model's (possibly poisoned) training data, for methods that need it (ep); its train "
                    "split when it has splits")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--precision", type=click.Choice(["float32", "bf16"]), default="float32", show_default=True,
+@click.option("--precision", type=PRECISION, default="float32", show_default=True,
               help="experimental: run the method's own computation in bf16 autocast (about 0.8x the time on "
               "CPUs with AVX512-BF16/AMX; the written file stays float32). It breaks I-BAU, and so the default: "
               "docs/performance.md")
